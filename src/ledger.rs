@@ -1,0 +1,179 @@
+//! Job records (CAS-updated) and task checkpoints in NATS KV, plus events.
+//! Shared by producers (status, cancel) and workers (plan, checkpoint).
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::record::{now, Event, EventKind, JobRecord, TaskDone};
+use crate::subjects;
+
+/// Handles on the jobs and progress buckets and the event stream.
+#[derive(Clone)]
+pub struct Ledger {
+    js: jetstream::Context,
+    jobs: kv::Store,
+    progress: kv::Store,
+}
+
+impl Ledger {
+    /// Open the buckets (they must exist: `jetcode streams apply`).
+    pub async fn open(js: jetstream::Context) -> Result<Self> {
+        let open = |b: &'static str| {
+            let js = js.clone();
+            async move {
+                js.get_key_value(b).await.map_err(|e| {
+                    Error::new(
+                        ErrorKind::JetStream,
+                        format!("bucket {b} unavailable ({e}); run `jetcode streams apply`"),
+                    )
+                })
+            }
+        };
+        Ok(Ledger {
+            jobs: open(subjects::JOBS_BUCKET).await?,
+            progress: open(subjects::PROGRESS_BUCKET).await?,
+            js,
+        })
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The record and its revision, if the job has one.
+    pub async fn record(&self, id: &str) -> Result<Option<(JobRecord, u64)>> {
+        let entry = self
+            .jobs
+            .entry(id)
+            .await
+            .map_err(|e| Error::js(&format!("read job {id}"), e))?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let rec = serde_json::from_slice(&e.value).map_err(|err| {
+                    Error::new(ErrorKind::Decode, format!("job record {id} unreadable: {err}"))
+                })?;
+                Ok(Some((rec, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Create the record; false when one already exists.
+    pub async fn create_record(&self, rec: &JobRecord) -> Result<bool> {
+        let body = serde_json::to_vec(rec).unwrap_or_default();
+        match self.jobs.create(&rec.id, body.into()).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::js(&format!("create job {}", rec.id), e)),
+        }
+    }
+
+    /// Compare-and-set update. `change` returns false to leave the record as
+    /// it is. Returns the record as stored afterwards.
+    pub async fn update_record(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut JobRecord) -> bool,
+    ) -> Result<JobRecord> {
+        for _ in 0..32 {
+            let (mut rec, rev) = self.record(id).await?.ok_or_else(|| {
+                Error::new(ErrorKind::NotFound, format!("job {id} not found"))
+            })?;
+            if !change(&mut rec) {
+                return Ok(rec);
+            }
+            rec.updated_at = now();
+            let body = serde_json::to_vec(&rec).unwrap_or_default();
+            match self.jobs.update(id, body.into(), rev).await {
+                Ok(_) => return Ok(rec),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(Error::js(&format!("update job {id}"), e)),
+            }
+        }
+        Err(Error::new(
+            ErrorKind::JetStream,
+            format!("job {id}: too many concurrent updates"),
+        ))
+    }
+
+    /// Every job record.
+    pub async fn records(&self) -> Result<Vec<JobRecord>> {
+        let mut keys = self
+            .jobs
+            .keys()
+            .await
+            .map_err(|e| Error::js("list jobs", e))?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(|e| Error::js("list jobs", e))?;
+            if let Some((r, _)) = self.record(&k).await? {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
+        Ok(out)
+    }
+
+    /// True when the task's checkpoint exists.
+    pub async fn is_done(&self, job: &str, task: &str) -> Result<bool> {
+        let key = subjects::progress_key(job, task);
+        let v = self
+            .progress
+            .get(&key)
+            .await
+            .map_err(|e| Error::js(&format!("read checkpoint {key}"), e))?;
+        Ok(v.is_some())
+    }
+
+    /// Write the checkpoint once. False when it already existed (someone
+    /// else finished the same task): exactly-once completion.
+    pub async fn checkpoint(&self, job: &str, task: &str, done: &TaskDone) -> Result<bool> {
+        let key = subjects::progress_key(job, task);
+        let body = serde_json::to_vec(done).unwrap_or_default();
+        match self.progress.create(&key, body.into()).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::js(&format!("write checkpoint {key}"), e)),
+        }
+    }
+
+    /// Checkpointed task ids of a job.
+    pub async fn done_tasks(&self, job: &str) -> Result<Vec<String>> {
+        let stream = self
+            .js
+            .get_stream(format!("KV_{}", subjects::PROGRESS_BUCKET))
+            .await
+            .map_err(|e| Error::js("open progress stream", e))?;
+        let prefix = format!("$KV.{}.{job}.", subjects::PROGRESS_BUCKET);
+        let mut subjects = stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(|e| Error::js("count checkpoints", e))?;
+        let mut out = Vec::new();
+        while let Some(s) = subjects.next().await {
+            let (subject, _count) = s.map_err(|e| Error::js("count checkpoints", e))?;
+            if let Some(task) = subject.strip_prefix(&prefix) {
+                out.push(task.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Publish an event and wait for the stream to store it.
+    pub async fn event(&self, job: &str, kind: EventKind) -> Result<()> {
+        let ev = Event {
+            job: job.to_string(),
+            time: now(),
+            kind,
+        };
+        let body = serde_json::to_vec(&ev).unwrap_or_default();
+        self.js
+            .publish(subjects::events(job), body.into())
+            .await
+            .map_err(|e| Error::js("publish event", e))?
+            .await
+            .map_err(|e| Error::js("publish event", e))?;
+        Ok(())
+    }
+}

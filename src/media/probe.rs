@@ -1,0 +1,264 @@
+//! Probe a source: exact frame count and keyframe positions by scanning the
+//! demuxed, parsed (not decoded) video stream, plus audio facts.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+
+use super::util;
+use super::MediaError;
+use crate::plan::{AudioFacts, SourceFacts};
+
+/// Everything the probe saw; `facts` is what the planner needs, the rest
+/// serves the stitcher's verification.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ProbeInfo {
+    pub facts: SourceFacts,
+    /// Stream time of the first audio sample, nanoseconds.
+    pub audio_first_ns: Option<u64>,
+    /// Stream time where the last video frame ends, nanoseconds.
+    pub video_end_ns: u64,
+}
+
+/// Probe `path`. Corrupt, truncated or video-less input is a permanent error.
+pub fn probe(path: &Path) -> Result<SourceFacts, MediaError> {
+    probe_full(path).map(|p| p.facts)
+}
+
+#[derive(Default)]
+struct Scan {
+    /// (stream time, is keyframe, duration) per video buffer, decode order.
+    video: Vec<(Option<u64>, bool, Option<u64>)>,
+    video_caps: Option<gst::Caps>,
+    audio_caps: Option<gst::Caps>,
+    audio_first: Option<u64>,
+    audio_end: Option<u64>,
+    has_video_pad: bool,
+    has_audio_pad: bool,
+}
+
+pub(crate) fn probe_full(path: &Path) -> Result<ProbeInfo, MediaError> {
+    util::init()?;
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let src = util::file_source(path)?;
+    let parsebin = util::make("parsebin")?;
+    let pipeline = gst::Pipeline::new();
+    util::add_chain(&pipeline, &[&src, &parsebin])?;
+    let scan = Arc::new(Mutex::new(Scan::default()));
+
+    let pipeline_weak = pipeline.downgrade();
+    let scan_pads = scan.clone();
+    parsebin.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = pipeline_weak.upgrade() else {
+            return;
+        };
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let name = caps
+            .structure(0)
+            .map(|s| s.name().to_string())
+            .unwrap_or_default();
+        let sink = {
+            let mut st = scan_pads.lock().unwrap_or_else(|e| e.into_inner());
+            if name.starts_with("video/") && !st.has_video_pad {
+                st.has_video_pad = true;
+                st.video_caps = Some(caps.clone());
+                video_sink(scan_pads.clone())
+            } else if name.starts_with("audio/") && !st.has_audio_pad {
+                st.has_audio_pad = true;
+                st.audio_caps = Some(caps.clone());
+                audio_sink(scan_pads.clone())
+            } else {
+                util::fake_sink().ok()
+            }
+        };
+        let Some(sink) = sink else { return };
+        if pipeline.add(&sink).is_err() {
+            return;
+        }
+        let _ = sink.sync_state_with_parent();
+        if let Some(sinkpad) = sink.static_pad("sink") {
+            let _ = pad.link(&sinkpad);
+        }
+    });
+
+    let timeout = Duration::from_secs(120) + Duration::from_secs(size / (20 << 20));
+    let mut duration: Option<u64> = None;
+    let what = format!("probe {}", path.display());
+    util::drive(&pipeline, timeout, &what, || {
+        if duration.is_none() {
+            duration = pipeline
+                .query_duration::<gst::ClockTime>()
+                .map(|d| d.nseconds());
+        }
+        Ok(())
+    })?;
+    let scan = Arc::try_unwrap(scan)
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .unwrap_or_else(|arc| {
+            let g = arc.lock().unwrap_or_else(|e| e.into_inner());
+            Scan {
+                video: g.video.clone(),
+                video_caps: g.video_caps.clone(),
+                audio_caps: g.audio_caps.clone(),
+                audio_first: g.audio_first,
+                audio_end: g.audio_end,
+                has_video_pad: g.has_video_pad,
+                has_audio_pad: g.has_audio_pad,
+            }
+        });
+    summarize(path, scan, duration)
+}
+
+fn video_sink(scan: Arc<Mutex<Scan>>) -> Option<gst::Element> {
+    let sink = gst_app::AppSink::builder()
+        .sync(false)
+        .async_(false)
+        .callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |s| {
+                    let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let Some(buf) = sample.buffer() else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    // Some demuxers leave PTS unset on reordered frames;
+                    // DTS then is the best stream position we have.
+                    let ts = buf.pts().or(buf.dts());
+                    let st = match (sample.segment(), ts) {
+                        (Some(seg), Some(ts)) => util::stream_time(seg, ts),
+                        _ => None,
+                    };
+                    let key = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                    let dur = buf.duration().map(|d| d.nseconds());
+                    scan.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .video
+                        .push((st, key, dur));
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        )
+        .build();
+    Some(sink.upcast())
+}
+
+fn audio_sink(scan: Arc<Mutex<Scan>>) -> Option<gst::Element> {
+    let sink = gst_app::AppSink::builder()
+        .sync(false)
+        .async_(false)
+        .callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |s| {
+                    let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let (Some(buf), Some(seg)) = (sample.buffer(), sample.segment()) else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    let Some(st) = buf.pts().and_then(|p| util::stream_time(seg, p)) else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    let end = st + buf.duration().map_or(0, |d| d.nseconds());
+                    let mut g = scan.lock().unwrap_or_else(|e| e.into_inner());
+                    g.audio_first = Some(g.audio_first.map_or(st, |f| f.min(st)));
+                    g.audio_end = Some(g.audio_end.map_or(end, |e| e.max(end)));
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        )
+        .build();
+    Some(sink.upcast())
+}
+
+fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo, MediaError> {
+    let name = path.display();
+    if scan.video.is_empty() {
+        return Err(MediaError::permanent(if scan.has_video_pad {
+            format!("{name}: video stream has no frames")
+        } else {
+            format!("{name}: no video stream")
+        }));
+    }
+    let caps = scan
+        .video_caps
+        .ok_or_else(|| MediaError::permanent(format!("{name}: video stream without caps")))?;
+    let s = caps
+        .structure(0)
+        .ok_or_else(|| MediaError::permanent(format!("{name}: video stream without caps")))?;
+    let width = s.get::<i32>("width").unwrap_or(0).max(0) as u32;
+    let height = s.get::<i32>("height").unwrap_or(0).max(0) as u32;
+    if width == 0 || height == 0 {
+        return Err(MediaError::permanent(format!("{name}: video size unknown")));
+    }
+    let codec = s.name().to_string();
+
+    let frames = scan.video.len() as u64;
+    // Frame index = rank in presentation order (buffers arrive in decode order).
+    let mut order: Vec<(u64, bool)> = scan
+        .video
+        .iter()
+        .enumerate()
+        .map(|(i, (st, key, _))| (st.unwrap_or(i as u64), *key))
+        .collect();
+    order.sort_by_key(|(t, _)| *t);
+    let first_pts_ns = scan.video.iter().filter_map(|v| v.0).min().unwrap_or(0);
+    let last = scan
+        .video
+        .iter()
+        .filter_map(|v| v.0.map(|t| t + v.2.unwrap_or(0)))
+        .max()
+        .unwrap_or(0);
+    let keyframes: Vec<u64> = order
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, key))| *key)
+        .map(|(i, _)| i as u64)
+        .collect();
+
+    let (mut fps_num, mut fps_den) = s
+        .get::<gst::Fraction>("framerate")
+        .map(|f| (f.numer().max(0) as u32, f.denom().max(0) as u32))
+        .unwrap_or((0, 1));
+    let span = last.saturating_sub(first_pts_ns);
+    let total = duration.filter(|d| *d > 0).unwrap_or(span);
+    if fps_num == 0 || fps_den == 0 {
+        // Variable frame rate: nominal rate from the average frame spacing.
+        if total == 0 {
+            return Err(MediaError::permanent(format!("{name}: frame rate unknown")));
+        }
+        fps_num = ((frames as f64 * 1e12) / total as f64).round() as u32;
+        fps_den = 1000;
+    }
+
+    let audio = match (scan.audio_caps, scan.audio_first, scan.audio_end) {
+        (Some(c), Some(first), Some(end)) => {
+            let a = c.structure(0);
+            let rate = a.and_then(|a| a.get::<i32>("rate").ok()).unwrap_or(0).max(0) as u32;
+            let channels = a.and_then(|a| a.get::<i32>("channels").ok()).unwrap_or(0).max(0) as u32;
+            Some(AudioFacts {
+                rate,
+                channels,
+                duration_ns: end.saturating_sub(first),
+            })
+        }
+        _ => None,
+    };
+    let audio_first_ns = if audio.is_some() { scan.audio_first } else { None };
+    Ok(ProbeInfo {
+        facts: SourceFacts {
+            duration_ns: total,
+            fps_num,
+            fps_den,
+            frames,
+            width,
+            height,
+            video_codec: codec,
+            keyframes,
+            first_pts_ns,
+            audio,
+        },
+        audio_first_ns,
+        video_end_ns: last,
+    })
+}

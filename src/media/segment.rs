@@ -1,0 +1,458 @@
+//! Encode one segment: decode exactly the frames of `[start_ns, end_ns)`,
+//! scale, encode, and write an MPEG-TS part on the SOURCE timeline, so the
+//! parts of a rendition concatenate into one continuous stream.
+//!
+//! Pipeline: `filesrc ! parsebin` -> (video pad, blocked until we seek)
+//! `decodebin` -> guard probe -> `videoconvert ! videoscale ! capsfilter !
+//! queue ! encoder ! parser ! mpegtsmux ! filesink`.
+//!
+//! Frame selection: an ACCURATE flushing seek sent from the parsed video pad
+//! starts decoding near `start_ns` (the demuxer begins at the keyframe
+//! before it); a half-frame guard on the decoded pad then keeps exactly the
+//! frames whose stream time lies in `[start - half, end - half)`, and sends
+//! EOS at the first frame past the end. The guard also retimes: buffers get
+//! PTS = stream time under a zero-based segment, so running time equals
+//! source stream time and mpegtsmux writes the source timeline (plus its
+//! constant base) whatever the seek did.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+use super::util;
+use super::MediaError;
+use crate::job::{Codec, Rendition};
+use crate::plan::frame_time_ns;
+use crate::task::SegmentWork;
+
+/// CRF used when a rendition names neither crf nor bitrate.
+const DEFAULT_CRF: u32 = 23;
+/// VBV buffer for capped CRF / bitrate modes, milliseconds.
+const VBV_MS: u32 = 2000;
+
+/// Encode `work`; returns frames written (always `work.segment.frames()` on success).
+pub fn encode_segment(
+    work: &SegmentWork,
+    progress: &mut dyn FnMut(u64, f64),
+) -> Result<u64, MediaError> {
+    util::init()?;
+    let seg = work.segment;
+    if seg.end_ns <= seg.start_ns || seg.frames() == 0 {
+        return Err(MediaError::permanent(format!("segment {} is empty", seg.index)));
+    }
+    if work.fps_num == 0 || work.fps_den == 0 {
+        return Err(MediaError::permanent("segment work without frame rate"));
+    }
+    let (encoder, parser) = make_encoder(&work.rendition, seg.frames())?;
+    util::ensure_parent(&work.output)?;
+    let tmp = util::tmp_path(&work.output);
+    let res = run(work, encoder, parser, &tmp, progress);
+    match res {
+        Ok(n) if n == seg.frames() => {
+            util::commit(&tmp, &work.output)?;
+            Ok(n)
+        }
+        Ok(n) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(MediaError::permanent(format!(
+                "segment {} wrote {n} frames, expected {} (frames {}..{})",
+                seg.index,
+                seg.frames(),
+                seg.start_frame,
+                seg.end_frame
+            )))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Encoder and matching parser for a rendition.
+fn make_encoder(r: &Rendition, frames: u64) -> Result<(gst::Element, gst::Element), MediaError> {
+    // Longer than the segment: the only IDR of a part is its first frame
+    // (scene cuts may still add I-frames, which is harmless).
+    let keyint = (frames + 1).min(u32::MAX as u64) as u32;
+    match r.codec {
+        Codec::H264 => {
+            let mut b = gst::ElementFactory::make("x264enc").property("key-int-max", keyint);
+            b = b.property_from_str("speed-preset", &r.preset);
+            b = match (r.crf, r.bitrate) {
+                // Capped CRF: quality target, VBV-limited peak.
+                (Some(crf), Some(kbps)) => b
+                    .property_from_str("pass", "qual")
+                    .property("quantizer", crf)
+                    .property("bitrate", kbps)
+                    .property("vbv-buf-capacity", VBV_MS),
+                (None, Some(kbps)) => b
+                    .property_from_str("pass", "cbr")
+                    .property("bitrate", kbps)
+                    .property("vbv-buf-capacity", VBV_MS),
+                // Pure CRF: x264enc's pass=qual otherwise caps at its default
+                // 2 Mbit/s bitrate; an empty VBV buffer disables that cap.
+                (crf, None) => b
+                    .property_from_str("pass", "qual")
+                    .property("quantizer", crf.unwrap_or(DEFAULT_CRF))
+                    .property("vbv-buf-capacity", 0u32),
+            };
+            let enc = b
+                .build()
+                .map_err(|_| MediaError::transient("GStreamer element x264enc is not installed"))?;
+            let parse = gst::ElementFactory::make("h264parse")
+                .property("config-interval", -1i32)
+                .build()
+                .map_err(|_| MediaError::transient("GStreamer element h264parse is not installed"))?;
+            Ok((enc, parse))
+        }
+        Codec::H265 => {
+            let crf = r.crf.unwrap_or(if r.bitrate.is_some() { 0 } else { DEFAULT_CRF + 5 });
+            let mut opts = vec![format!("keyint={keyint}"), "open-gop=0".to_string()];
+            match (r.crf, r.bitrate) {
+                (_, None) => opts.push(format!("crf={crf}")),
+                (Some(_), Some(kbps)) => {
+                    opts.push(format!("crf={crf}"));
+                    opts.push(format!("vbv-maxrate={kbps}"));
+                    opts.push(format!("vbv-bufsize={}", kbps * VBV_MS / 1000));
+                }
+                (None, Some(kbps)) => opts.push(format!("bitrate={kbps}")),
+            }
+            let enc = gst::ElementFactory::make("x265enc")
+                .property("key-int-max", keyint.min(i32::MAX as u32) as i32)
+                .property_from_str("speed-preset", &r.preset)
+                .property("option-string", opts.join(":"))
+                .build()
+                .map_err(|_| MediaError::transient("GStreamer element x265enc is not installed"))?;
+            let parse = gst::ElementFactory::make("h265parse")
+                .property("config-interval", -1i32)
+                .build()
+                .map_err(|_| MediaError::transient("GStreamer element h265parse is not installed"))?;
+            Ok((enc, parse))
+        }
+        Codec::Vp9 | Codec::Av1 => Err(MediaError::permanent(format!(
+            "codec {} not supported by this worker",
+            match r.codec {
+                Codec::Vp9 => "vp9",
+                _ => "av1",
+            }
+        ))),
+    }
+}
+
+/// Output size: the rendition's width, or the source display aspect at the
+/// rendition's height; always even (4:2:0 chroma).
+pub(crate) fn output_size(r: &Rendition, src_w: u32, src_h: u32, par: (i32, i32)) -> (u32, u32) {
+    let h = (r.height / 2 * 2).max(2);
+    let w = match r.width {
+        Some(w) => w,
+        None if src_h > 0 && par.0 > 0 && par.1 > 0 => {
+            let dar = src_w as f64 * par.0 as f64 / (src_h as f64 * par.1 as f64);
+            (h as f64 * dar / 2.0).round() as u32 * 2
+        }
+        None => h * 16 / 9,
+    };
+    ((w / 2 * 2).max(2), h)
+}
+
+/// What the blocked parsed-video pad tells the driving thread.
+struct Blocked {
+    pad: gst::Pad,
+    probe: gst::PadProbeId,
+    segment: Option<gst::Segment>,
+    first_st: Option<u64>,
+    caps: Option<gst::Caps>,
+}
+
+/// State of the half-frame guard.
+struct Guard {
+    segment: Option<gst::Segment>,
+    ended: bool,
+    kept: u64,
+}
+
+fn run(
+    work: &SegmentWork,
+    encoder: gst::Element,
+    parser: gst::Element,
+    out: &Path,
+    progress: &mut dyn FnMut(u64, f64),
+) -> Result<u64, MediaError> {
+    let seg = work.segment;
+    let frame_ns = frame_time_ns(1, work.fps_num, work.fps_den).max(1);
+    let half = frame_ns / 2;
+    let keep_from = seg.start_ns.saturating_sub(half);
+    let keep_until = seg.end_ns.saturating_sub(half);
+
+    let pipeline = gst::Pipeline::new();
+    let src = util::file_source(&work.input)?;
+    let parsebin = util::make("parsebin")?;
+    util::add_chain(&pipeline, &[&src, &parsebin])?;
+
+    // Static tail: everything after the decoder.
+    let convert = util::make("videoconvert")?;
+    let scale = util::make("videoscale")?;
+    let capsfilter = util::make("capsfilter")?;
+    let queue = util::make("queue")?;
+    let mux = util::make("mpegtsmux")?;
+    let sink = util::file_sink(out)?;
+    util::add_chain(
+        &pipeline,
+        &[&convert, &scale, &capsfilter, &queue, &encoder, &parser, &mux, &sink],
+    )?;
+    util::post_done_on_eos(&sink)?;
+
+    // Encoded frames, counted after the parser (one buffer per access unit).
+    let written = Arc::new(AtomicU64::new(0));
+    if let Some(pad) = parser.static_pad("src") {
+        let w = written.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            w.fetch_add(1, Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    }
+
+    let (tx, rx) = mpsc::channel::<Blocked>();
+    let tx = Mutex::new(tx);
+    let have_video = Arc::new(Mutex::new(false));
+    let pipeline_weak = pipeline.downgrade();
+    let convert_weak = convert.downgrade();
+    parsebin.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = pipeline_weak.upgrade() else {
+            return;
+        };
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let is_video = caps
+            .structure(0)
+            .is_some_and(|s| s.name().starts_with("video/"));
+        let first_video = {
+            let mut hv = have_video.lock().unwrap_or_else(|e| e.into_inner());
+            let first = is_video && !*hv;
+            *hv |= is_video;
+            first
+        };
+        if !first_video {
+            // Other streams (audio, a second video) are parsed and discarded.
+            if let Ok(fake) = util::fake_sink() {
+                if pipeline.add(&fake).is_ok() {
+                    let _ = fake.sync_state_with_parent();
+                    if let Some(p) = fake.static_pad("sink") {
+                        let _ = pad.link(&p);
+                    }
+                }
+            }
+            return;
+        }
+        let Ok(decodebin) = util::make("decodebin") else {
+            util::post_error(pipeline.upcast_ref(), "decodebin is not installed");
+            return;
+        };
+        // Hold the first parsed buffer until the driving thread has seeked.
+        let tx = Mutex::new(tx.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        let blocked_once = Mutex::new(false);
+        let id = pad.add_probe(
+            gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER,
+            move |pad, info| {
+                let mut once = blocked_once.lock().unwrap_or_else(|e| e.into_inner());
+                if !*once {
+                    *once = true;
+                    let segment = pad
+                        .sticky_event::<gst::event::Segment>(0)
+                        .map(|e| e.segment().clone());
+                    let first_st = match (&segment, info.buffer().and_then(|b| b.pts().or(b.dts()))) {
+                        (Some(s), Some(ts)) => util::stream_time(s, ts),
+                        _ => None,
+                    };
+                    if let Some(id) = info.id.take() {
+                        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(Blocked {
+                            pad: pad.clone(),
+                            probe: id,
+                            segment,
+                            first_st,
+                            caps: pad.current_caps(),
+                        });
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        if id.is_none() {
+            util::post_error(pipeline.upcast_ref(), "cannot block the video pad");
+            return;
+        }
+        let convert_weak = convert_weak.clone();
+        decodebin.connect_pad_added(move |_, dpad| {
+            let caps = dpad.current_caps().unwrap_or_else(|| dpad.query_caps(None));
+            if !caps
+                .structure(0)
+                .is_some_and(|s| s.name() == "video/x-raw")
+            {
+                return;
+            }
+            install_guard(dpad, keep_from, keep_until);
+            if let Some(sinkpad) = convert_weak.upgrade().and_then(|c| c.static_pad("sink")) {
+                let _ = dpad.link(&sinkpad);
+            }
+        });
+        if pipeline.add(&decodebin).is_err() {
+            return;
+        }
+        let _ = decodebin.sync_state_with_parent();
+        if let Some(sinkpad) = decodebin.static_pad("sink") {
+            if pad.link(&sinkpad).is_err() {
+                util::post_error(pipeline.upcast_ref(), "cannot link video stream to decoder");
+            }
+        }
+    });
+
+    let total = seg.frames();
+    let started = Instant::now();
+    let mut last_reported = 0u64;
+    let timeout = Duration::from_secs(300) + Duration::from_secs(total);
+    let what = format!("segment {}", seg.index);
+    let rendition = work.rendition.clone();
+    util::drive(&pipeline, timeout, &what, || {
+        if let Ok(b) = rx.try_recv() {
+            if let Some(s) = b.caps.as_ref().and_then(|c| c.structure(0)) {
+                let w = s.get::<i32>("width").unwrap_or(0).max(0) as u32;
+                let h = s.get::<i32>("height").unwrap_or(0).max(0) as u32;
+                let par = s
+                    .get::<gst::Fraction>("pixel-aspect-ratio")
+                    .map(|f| (f.numer(), f.denom()))
+                    .unwrap_or((1, 1));
+                let (ow, oh) = output_size(&rendition, w, h, par);
+                capsfilter.set_property(
+                    "caps",
+                    gst::Caps::builder("video/x-raw")
+                        .field("format", "I420")
+                        .field("width", ow as i32)
+                        .field("height", oh as i32)
+                        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                        .build(),
+                );
+            }
+            seek_to_start(&b, seg.start_ns, frame_ns, half)?;
+            b.pad.remove_probe(b.probe);
+        }
+        let done = written.load(Ordering::Relaxed);
+        if done >= last_reported + 25 {
+            last_reported = done;
+            let secs = started.elapsed().as_secs_f64();
+            progress(done, if secs > 0.0 { done as f64 / secs } else { 0.0 });
+        }
+        Ok(())
+    })?;
+    let done = written.load(Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    progress(done, if secs > 0.0 { done as f64 / secs } else { 0.0 });
+    Ok(done)
+}
+
+/// Seek the blocked parsed-video pad so decoding starts one frame before
+/// `start_ns` (the guard trims the rest). Skipped when the stream already
+/// starts there (first segment).
+fn seek_to_start(b: &Blocked, start_ns: u64, frame_ns: u64, half: u64) -> Result<(), MediaError> {
+    if let Some(first) = b.first_st {
+        if first + half >= start_ns {
+            return Ok(());
+        }
+    }
+    let Some(seg) = b.segment.as_ref().and_then(|s| s.downcast_ref::<gst::ClockTime>()) else {
+        return Err(MediaError::permanent("video stream has no time segment; cannot seek"));
+    };
+    // Seek positions live in the pad's segment space, which may differ from
+    // stream time (MP4 edit lists, TS timestamps): convert.
+    let target_st = start_ns.saturating_sub(frame_ns).max(seg.time().map_or(0, |t| t.nseconds()));
+    let pos = seg
+        .position_from_stream_time(gst::ClockTime::from_nseconds(target_st))
+        .unwrap_or(gst::ClockTime::from_nseconds(target_st));
+    let seek = gst::event::Seek::new(
+        1.0,
+        gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+        gst::SeekType::Set,
+        pos,
+        gst::SeekType::None,
+        gst::ClockTime::NONE,
+    );
+    if !b.pad.send_event(seek) {
+        return Err(MediaError::permanent(format!(
+            "source does not support seeking to {:.3} s",
+            start_ns as f64 / 1e9
+        )));
+    }
+    Ok(())
+}
+
+/// Keep decoded frames with stream time in `[keep_from, keep_until)`,
+/// retimed to stream time under a zero-based segment; send EOS downstream at
+/// the first frame past the end.
+fn install_guard(pad: &gst::Pad, keep_from: u64, keep_until: u64) {
+    let guard = Mutex::new(Guard {
+        segment: None,
+        ended: false,
+        kept: 0,
+    });
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |pad, info| {
+            let mut g = guard.lock().unwrap_or_else(|e| e.into_inner());
+            let event_segment = match &info.data {
+                Some(gst::PadProbeData::Event(ev)) => match ev.view() {
+                    gst::EventView::Segment(s) => Some(Some(s.segment().clone())),
+                    _ => Some(None),
+                },
+                _ => None,
+            };
+            match event_segment {
+                Some(Some(s)) => {
+                    g.segment = Some(s);
+                    // Running time must equal stream time: replace the
+                    // decoder's segment by a zero-based one (PTS are rewritten below).
+                    let zero = gst::FormattedSegment::<gst::ClockTime>::new();
+                    info.data = Some(gst::PadProbeData::Event(gst::event::Segment::new(&zero)));
+                    return gst::PadProbeReturn::Ok;
+                }
+                Some(None) => return gst::PadProbeReturn::Ok,
+                None => {}
+            }
+            if g.ended {
+                // Let it through: the downstream pad is EOS and answers with
+                // FlowError::Eos, which stops the decoder and demuxer.
+                return gst::PadProbeReturn::Ok;
+            }
+            let Some(buf) = info.buffer() else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let st = match (&g.segment, buf.pts()) {
+                (Some(s), Some(pts)) => util::stream_time(s, pts),
+                _ => None,
+            };
+            let Some(st) = st else {
+                // Without a time we cannot place the frame; drop it (the
+                // final frame count check reports the loss).
+                return gst::PadProbeReturn::Drop;
+            };
+            if st < keep_from {
+                return gst::PadProbeReturn::Drop;
+            }
+            if st >= keep_until {
+                g.ended = true;
+                if let Some(peer) = pad.peer() {
+                    peer.send_event(gst::event::Eos::new());
+                }
+                return gst::PadProbeReturn::Ok;
+            }
+            g.kept += 1;
+            if let Some(buf) = info.buffer_mut() {
+                let buf = buf.make_mut();
+                buf.set_pts(gst::ClockTime::from_nseconds(st));
+                buf.set_dts(gst::ClockTime::NONE);
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+}

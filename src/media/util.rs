@@ -1,0 +1,268 @@
+//! Small GStreamer helpers shared by the media operations: element creation,
+//! bounded bus waiting, error classification, atomic file writes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+use super::MediaError;
+
+/// Name of the application message a pipeline posts when its real sink saw EOS.
+/// Used where other branches (e.g. an ignored audio track) would otherwise
+/// keep the pipeline running after the wanted output is complete.
+pub(crate) const DONE_MESSAGE: &str = "jetcode-done";
+
+/// Initialise GStreamer once; a failure here is an installation problem.
+pub(crate) fn init() -> Result<(), MediaError> {
+    gst::init().map_err(|e| MediaError::transient(format!("GStreamer init failed: {e}")))
+}
+
+/// Create an element; a missing element is a worker installation problem
+/// (another worker may have it), hence transient.
+pub(crate) fn make(factory: &str) -> Result<gst::Element, MediaError> {
+    gst::ElementFactory::make(factory)
+        .build()
+        .map_err(|_| MediaError::transient(format!("GStreamer element {factory} is not installed")))
+}
+
+/// Map a GStreamer error message to a one-line MediaError. Resource errors
+/// on writing may be fixed by a retry elsewhere; everything about the data
+/// itself is permanent.
+pub(crate) fn from_gst_error(err: &gst::message::Error) -> MediaError {
+    let src = err
+        .src()
+        .map(|s| s.name().to_string())
+        .unwrap_or_else(|| "pipeline".into());
+    let e = err.error();
+    let line = one_line(&format!("{src}: {e}"));
+    let transient = matches!(
+        e.kind::<gst::ResourceError>(),
+        Some(
+            gst::ResourceError::Write
+                | gst::ResourceError::OpenWrite
+                | gst::ResourceError::NoSpaceLeft
+                | gst::ResourceError::Busy
+        )
+    ) || matches!(
+        e.kind::<gst::CoreError>(),
+        Some(gst::CoreError::MissingPlugin)
+    );
+    if transient {
+        MediaError::transient(line)
+    } else {
+        MediaError::permanent(line)
+    }
+}
+
+/// Collapse whitespace so every reason fits one line.
+pub(crate) fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// What ended a bus wait.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Eos,
+    Done,
+}
+
+/// Drive `pipeline` (already set to PLAYING by the caller) until EOS, an
+/// application "done" message, an error, or `timeout`. `tick` runs at least
+/// every 100 ms on this thread: it reports progress and performs actions the
+/// streaming threads asked for (such as a seek). The pipeline is always set
+/// to NULL before returning, so no streaming thread outlives the call.
+pub(crate) fn drive(
+    pipeline: &gst::Pipeline,
+    timeout: Duration,
+    what: &str,
+    mut tick: impl FnMut() -> Result<(), MediaError>,
+) -> Result<Ended, MediaError> {
+    let res = drive_inner(pipeline, timeout, what, &mut tick);
+    let _ = pipeline.set_state(gst::State::Null);
+    res
+}
+
+fn drive_inner(
+    pipeline: &gst::Pipeline,
+    timeout: Duration,
+    what: &str,
+    tick: &mut dyn FnMut() -> Result<(), MediaError>,
+) -> Result<Ended, MediaError> {
+    let bus = pipeline
+        .bus()
+        .ok_or_else(|| MediaError::transient("pipeline without bus"))?;
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        // The bus usually holds the reason.
+        if let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(500),
+            &[gst::MessageType::Error],
+        ) {
+            if let gst::MessageView::Error(err) = msg.view() {
+                return Err(from_gst_error(err));
+            }
+        }
+        return Err(MediaError::permanent(format!("{what}: cannot start pipeline: {e}")));
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        tick()?;
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(MediaError::permanent(format!(
+                "{what}: timed out after {} s",
+                timeout.as_secs()
+            )));
+        }
+        let wait = (deadline - now).min(Duration::from_millis(100));
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(wait.as_nanos() as u64)) else {
+            continue;
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => return Ok(Ended::Eos),
+            gst::MessageView::Error(err) => return Err(from_gst_error(err)),
+            gst::MessageView::Application(app) => {
+                if app.structure().is_some_and(|s| s.name() == DONE_MESSAGE) {
+                    return Ok(Ended::Done);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Post [`DONE_MESSAGE`] when EOS reaches `sink`'s sink pad, i.e. after the
+/// sink received (and, for filesink, wrote) everything.
+pub(crate) fn post_done_on_eos(sink: &gst::Element) -> Result<(), MediaError> {
+    let pad = sink
+        .static_pad("sink")
+        .ok_or_else(|| MediaError::transient("sink without sink pad"))?;
+    let weak = sink.downgrade();
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        if let Some(ev) = info.event() {
+            if ev.type_() == gst::EventType::Eos {
+                if let Some(el) = weak.upgrade() {
+                    let s = gst::Structure::new_empty(DONE_MESSAGE);
+                    let _ = el.post_message(gst::message::Application::builder(s).src(&el).build());
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
+}
+
+/// Stream time of `pts` under `seg`, nanoseconds.
+pub(crate) fn stream_time(seg: &gst::Segment, pts: gst::ClockTime) -> Option<u64> {
+    seg.downcast_ref::<gst::ClockTime>()?
+        .to_stream_time(pts)
+        .map(|t| t.nseconds())
+}
+
+/// A temporary sibling of `path` for atomic writes.
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Create the parent directory of `path`.
+pub(crate) fn ensure_parent(path: &Path) -> Result<(), MediaError> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                MediaError::transient(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Rename `tmp` over `path` (atomic on one filesystem).
+pub(crate) fn commit(tmp: &Path, path: &Path) -> Result<(), MediaError> {
+    std::fs::rename(tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        MediaError::transient(format!("cannot rename {} -> {}: {e}", tmp.display(), path.display()))
+    })
+}
+
+/// Write `bytes` to `path` atomically.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MediaError> {
+    ensure_parent(path)?;
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes)
+        .map_err(|e| MediaError::transient(format!("cannot write {}: {e}", tmp.display())))?;
+    commit(&tmp, path)
+}
+
+/// A `filesrc` for `path`, failing early (permanently) when it is unreadable.
+pub(crate) fn file_source(path: &Path) -> Result<gst::Element, MediaError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| MediaError::permanent(format!("cannot read {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(MediaError::permanent(format!("{} is not a file", path.display())));
+    }
+    if meta.len() == 0 {
+        return Err(MediaError::permanent(format!("{} is empty", path.display())));
+    }
+    gst::ElementFactory::make("filesrc")
+        .property("location", path.to_string_lossy().as_ref())
+        .build()
+        .map_err(|_| MediaError::transient("GStreamer element filesrc is not installed"))
+}
+
+/// A `filesink` writing `path` without clock sync or preroll waits.
+pub(crate) fn file_sink(path: &Path) -> Result<gst::Element, MediaError> {
+    gst::ElementFactory::make("filesink")
+        .property("location", path.to_string_lossy().as_ref())
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .map_err(|_| MediaError::transient("GStreamer element filesink is not installed"))
+}
+
+/// A sink that swallows a branch we do not want (async=false: a single
+/// demuxer thread must never block in its preroll).
+pub(crate) fn fake_sink() -> Result<gst::Element, MediaError> {
+    gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .map_err(|_| MediaError::transient("GStreamer element fakesink is not installed"))
+}
+
+/// Add `elements` to `pipeline`, link them in order and sync their states.
+pub(crate) fn add_chain(
+    pipeline: &gst::Pipeline,
+    elements: &[&gst::Element],
+) -> Result<(), MediaError> {
+    pipeline
+        .add_many(elements.iter().copied())
+        .map_err(|e| MediaError::transient(format!("cannot add elements: {e}")))?;
+    gst::Element::link_many(elements.iter().copied())
+        .map_err(|e| MediaError::transient(format!("cannot link elements: {e}")))?;
+    Ok(())
+}
+
+/// Sync states of elements added while the pipeline runs.
+pub(crate) fn sync_states(elements: &[&gst::Element]) -> Result<(), MediaError> {
+    for e in elements {
+        e.sync_state_with_parent()
+            .map_err(|err| MediaError::transient(format!("cannot start {}: {err}", e.name())))?;
+    }
+    Ok(())
+}
+
+/// Report a failure from a streaming thread on the bus as an error message,
+/// so the driving loop sees it.
+pub(crate) fn post_error(el: &gst::Element, msg: &str) {
+    let _ = el.post_message(
+        gst::message::Error::builder(gst::StreamError::Failed, msg)
+            .src(el)
+            .build(),
+    );
+}

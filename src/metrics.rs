@@ -1,0 +1,33 @@
+//! Every metric name and label in one place.
+
+/// Tasks finished, by `kind` and `outcome` (ok, retried, failed, cancelled, skipped).
+pub const TASKS_TOTAL: &str = "jetcode_tasks_total";
+/// Seconds a task's child ran, by `kind`.
+pub const TASK_SECONDS: &str = "jetcode_task_seconds";
+/// Video frames encoded.
+pub const FRAMES_ENCODED: &str = "jetcode_frames_encoded_total";
+/// Slots configured on this worker.
+pub const SLOTS: &str = "jetcode_slots";
+/// Slots busy right now.
+pub const SLOTS_BUSY: &str = "jetcode_slots_busy";
+/// Task deliveries that were redeliveries (delivered > 1).
+pub const REDELIVERIES: &str = "jetcode_redeliveries_total";
+/// Children killed because their progress stopped.
+pub const STALLS: &str = "jetcode_stalls_total";
+/// Jobs planned, by `outcome` (planned, rejected).
+pub const JOBS_PLANNED: &str = "jetcode_jobs_planned_total";
+
+pub const LABEL_KIND: &str = "kind";
+pub const LABEL_OUTCOME: &str = "outcome";
+
+/// Describe every metric once, so /metrics carries HELP lines.
+pub fn describe() {
+    metrics::describe_counter!(TASKS_TOTAL, "Tasks finished by kind and outcome");
+    metrics::describe_histogram!(TASK_SECONDS, metrics::Unit::Seconds, "Task run time by kind");
+    metrics::describe_counter!(FRAMES_ENCODED, "Video frames encoded");
+    metrics::describe_gauge!(SLOTS, "Task slots of this worker");
+    metrics::describe_gauge!(SLOTS_BUSY, "Task slots in use");
+    metrics::describe_counter!(REDELIVERIES, "Task deliveries that were redeliveries");
+    metrics::describe_counter!(STALLS, "Children killed for stalled progress");
+    metrics::describe_counter!(JOBS_PLANNED, "Job specs handled by the planner, by outcome");
+}

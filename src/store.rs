@@ -1,0 +1,160 @@
+//! Where files may be read and written: `file://` URLs confined to the
+//! worker's configured roots, and atomic, durable placement of outputs.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The directories a worker may read sources from and write outputs to.
+#[derive(Debug, Clone)]
+pub struct FileRoots {
+    roots: Vec<PathBuf>,
+}
+
+fn storage(msg: String) -> Error {
+    Error::new(ErrorKind::Storage, msg)
+}
+
+impl FileRoots {
+    /// Canonicalise the roots; each must exist.
+    pub fn new(roots: &[PathBuf]) -> Result<Self> {
+        let mut out = Vec::new();
+        for r in roots {
+            let c = r
+                .canonicalize()
+                .map_err(|e| storage(format!("file root {}: {e}", r.display())))?;
+            out.push(c);
+        }
+        if out.is_empty() {
+            return Err(storage("no file roots configured".into()));
+        }
+        Ok(FileRoots { roots: out })
+    }
+
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
+    fn url_path(url: &str) -> Result<PathBuf> {
+        let u = url::Url::parse(url).map_err(|e| storage(format!("{url:?}: {e}")))?;
+        if u.scheme() != "file" {
+            return Err(storage(format!(
+                "{url}: scheme {} not supported by this worker",
+                u.scheme()
+            )));
+        }
+        let p = u
+            .to_file_path()
+            .map_err(|_| storage(format!("{url}: not a local file path")))?;
+        if p.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(storage(format!("{url}: '..' is not allowed")));
+        }
+        Ok(p)
+    }
+
+    fn check_inside(&self, url: &str, real: &Path) -> Result<()> {
+        if self.roots.iter().any(|r| real.starts_with(r)) {
+            Ok(())
+        } else {
+            Err(storage(format!(
+                "{url} is outside the worker's file roots ({})",
+                self.roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+    }
+
+    /// The local path of a source; it must exist and (symlinks resolved) lie under a root.
+    pub fn source_path(&self, url: &str) -> Result<PathBuf> {
+        let p = Self::url_path(url)?;
+        let real = p
+            .canonicalize()
+            .map_err(|e| storage(format!("source {url}: {e}")))?;
+        self.check_inside(url, &real)?;
+        if !real.is_file() {
+            return Err(storage(format!("source {url} is not a regular file")));
+        }
+        Ok(real)
+    }
+
+    /// The local directory of an output, created if missing, under a root.
+    pub fn output_dir(&self, url: &str) -> Result<PathBuf> {
+        let p = Self::url_path(url)?;
+        // Check the deepest existing ancestor (symlinks resolved) before
+        // creating anything, so nothing is created outside the roots.
+        let mut existing = p.as_path();
+        while !existing.exists() {
+            existing = existing
+                .parent()
+                .ok_or_else(|| storage(format!("output {url} has no existing ancestor")))?;
+        }
+        let real_ancestor = existing
+            .canonicalize()
+            .map_err(|e| storage(format!("output {url}: {e}")))?;
+        self.check_inside(url, &real_ancestor)?;
+        std::fs::create_dir_all(&p).map_err(|e| storage(format!("output {url}: {e}")))?;
+        let real = p
+            .canonicalize()
+            .map_err(|e| storage(format!("output {url}: {e}")))?;
+        self.check_inside(url, &real)?;
+        Ok(real)
+    }
+}
+
+/// A sibling temp path for writing `dest` before [`commit_file`].
+pub fn partial_path(dest: &Path, tag: &str) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.partial-{tag}"))
+}
+
+/// Make `tmp` durable and atomically move it to `dest`.
+pub fn commit_file(tmp: &Path, dest: &Path) -> Result<()> {
+    let io = |what: &str, e: std::io::Error| storage(format!("{what} {}: {e}", dest.display()));
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("sync", e))?;
+    std::fs::rename(tmp, dest).map_err(|e| io("rename to", e))?;
+    if let Some(dir) = dest.parent() {
+        // Persist the rename itself.
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confinement() {
+        let root = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("in.mp4"), b"x").unwrap();
+        std::fs::write(other.path().join("secret.mp4"), b"x").unwrap();
+        std::os::unix::fs::symlink(other.path().join("secret.mp4"), root.path().join("link.mp4")).unwrap();
+        let roots = FileRoots::new(&[root.path().to_path_buf()]).unwrap();
+        let url = |p: &Path| format!("file://{}", p.display());
+
+        assert!(roots.source_path(&url(&root.path().join("in.mp4"))).is_ok());
+        let e = roots.source_path(&url(&other.path().join("secret.mp4"))).unwrap_err();
+        assert!(e.to_string().contains("outside"), "{e}");
+        let e = roots.source_path(&url(&root.path().join("link.mp4"))).unwrap_err();
+        assert!(e.to_string().contains("outside"), "symlink escape: {e}");
+        let e = roots.source_path(&format!("{}/../x", url(root.path()))).unwrap_err();
+        assert!(e.to_string().contains("outside") || e.to_string().contains(".."), "{e}");
+        let e = roots.source_path("s3://bucket/x.mp4").unwrap_err();
+        assert!(e.to_string().contains("scheme"), "{e}");
+
+        let out = roots.output_dir(&url(&root.path().join("out/job1/"))).unwrap();
+        assert!(out.is_dir());
+        let e = roots.output_dir(&url(&other.path().join("out/"))).unwrap_err();
+        assert!(e.to_string().contains("outside"), "{e}");
+        assert!(!other.path().join("out").exists(), "nothing created outside roots");
+    }
+}

@@ -1,0 +1,100 @@
+//! Every subject, stream, consumer and bucket name. Nothing else spells them.
+
+/// Work-queue stream of submitted job specs.
+pub const JOBS_STREAM: &str = "JETCODE_JOBS";
+/// Subject producers publish job specs to.
+pub const JOBS_SUBMIT: &str = "jetcode.jobs.submit";
+/// Durable consumer on [`JOBS_STREAM`] run by every worker's planner role.
+pub const PLANNER_CONSUMER: &str = "planner";
+
+/// Work-queue stream of segment, audio and stitch tasks.
+pub const TASKS_STREAM: &str = "JETCODE_TASKS";
+/// Wildcard covering every task subject.
+pub const TASKS_ALL: &str = "jetcode.tasks.>";
+/// Durable consumer on [`TASKS_STREAM`] shared by all workers.
+pub const WORKERS_CONSUMER: &str = "workers";
+
+/// Lifecycle and progress events, retained by age.
+pub const EVENTS_STREAM: &str = "JETCODE_EVENTS";
+/// Wildcard covering every job's events.
+pub const EVENTS_ALL: &str = "jetcode.events.>";
+
+/// Dead-letter stream: advisories for tasks that exhausted deliveries or were terminated.
+pub const DEAD_STREAM: &str = "JETCODE_DEAD";
+
+/// KV bucket: job id -> JobRecord.
+pub const JOBS_BUCKET: &str = "jetcode-jobs";
+/// KV bucket: `<job>.<task>` -> TaskDone; the checkpoint.
+pub const PROGRESS_BUCKET: &str = "jetcode-progress";
+/// KV bucket: worker id -> Heartbeat, short max_age.
+pub const WORKERS_BUCKET: &str = "jetcode-workers";
+
+/// Name of the `nats micro` service each worker registers.
+pub const SERVICE_NAME: &str = "jetcode-worker";
+
+/// Kinds of task, as they appear in task subjects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    Segment,
+    Audio,
+    Stitch,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Segment => "segment",
+            TaskKind::Audio => "audio",
+            TaskKind::Stitch => "stitch",
+        }
+    }
+}
+
+/// `jetcode.tasks.<kind>.<job>`
+pub fn task(kind: TaskKind, job: &str) -> String {
+    format!("jetcode.tasks.{}.{job}", kind.as_str())
+}
+
+/// `jetcode.events.<job>`
+pub fn events(job: &str) -> String {
+    format!("jetcode.events.{job}")
+}
+
+/// `jetcode.control.cancel.<job>`
+pub fn cancel(job: &str) -> String {
+    format!("jetcode.control.cancel.{job}")
+}
+
+/// Wildcard of every cancel message.
+pub const CANCEL_ALL: &str = "jetcode.control.cancel.*";
+
+/// Advisory subjects the dead-letter stream captures for the workers consumer.
+pub fn dead_letter_subjects() -> Vec<String> {
+    vec![
+        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASKS_STREAM}.{WORKERS_CONSUMER}"),
+        format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{TASKS_STREAM}.{WORKERS_CONSUMER}"),
+    ]
+}
+
+/// Key of a task's checkpoint in [`PROGRESS_BUCKET`]: `<job>.<task>`.
+pub fn progress_key(job: &str, task: &str) -> String {
+    format!("{job}.{task}")
+}
+
+/// Msg-Id of a task message: `<job>.<task>`.
+pub fn task_msg_id(job: &str, task: &str) -> String {
+    format!("{job}.{task}")
+}
+
+/// Object key of an encoded part, relative to the job's output.
+pub fn part_key(rendition: &str, index: u32) -> String {
+    format!("parts/{rendition}/{index:05}.ts")
+}
+
+/// Object key of the job's encoded audio, relative to the job's output.
+pub const AUDIO_PART_KEY: &str = "parts/audio.ts";
+/// Object key of the manifest, relative to the job's output.
+pub const MANIFEST_KEY: &str = "manifest.json";
+/// Object key of the HLS master playlist, relative to the job's output.
+pub const HLS_MASTER_KEY: &str = "hls/master.m3u8";

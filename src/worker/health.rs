@@ -1,0 +1,205 @@
+//! Liveness for operators and the scaler: heartbeats in KV, HTTP
+//! /healthz /readyz /metrics, systemd notify, and a `nats micro` service.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::service::ServiceExt;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::Worker;
+use crate::record::{now, Heartbeat};
+use crate::subjects;
+
+/// How often a heartbeat is written; well inside the bucket's max_age.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
+
+/// Resource readings of this worker and its children.
+struct Sampler {
+    sys: sysinfo::System,
+    pid: sysinfo::Pid,
+}
+
+impl Sampler {
+    fn new() -> Self {
+        Sampler {
+            sys: sysinfo::System::new(),
+            pid: sysinfo::Pid::from_u32(std::process::id()),
+        }
+    }
+
+    /// (cpu %, rss bytes of self + children, machine memory %).
+    fn sample(&mut self) -> (f32, u64, f32) {
+        self.sys.refresh_cpu_usage();
+        self.sys.refresh_memory();
+        self.sys
+            .refresh_processes(sysinfo::ProcessesToUpdate::All, true);
+        let rss = self
+            .sys
+            .processes()
+            .values()
+            .filter(|p| p.pid() == self.pid || p.parent() == Some(self.pid))
+            .map(|p| p.memory())
+            .sum();
+        let total = self.sys.total_memory().max(1);
+        let mem = self.sys.used_memory() as f32 * 100.0 / total as f32;
+        (self.sys.global_cpu_usage(), rss, mem)
+    }
+}
+
+impl Worker {
+    pub(super) fn heartbeat(&self, cpu: f32, rss: u64, mem: f32, fps: f64) -> Heartbeat {
+        let slots = self.args.slots();
+        Heartbeat {
+            id: self.id.clone(),
+            host: self.host.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            slots,
+            busy: self.busy.load(Ordering::Relaxed),
+            cpu,
+            rss,
+            mem,
+            fps,
+            tasks_done: self.tasks_done.load(Ordering::Relaxed),
+            started_at: self.started_at,
+            at: now(),
+            draining: self.shutdown.is_cancelled(),
+        }
+    }
+}
+
+/// Write heartbeats until `stop`, then delete ours.
+pub async fn heartbeat_loop(w: Arc<Worker>, stop: CancellationToken) {
+    let kv = match w.js.get_key_value(subjects::WORKERS_BUCKET).await {
+        Ok(kv) => kv,
+        Err(e) => {
+            tracing::error!("heartbeats disabled: {e}");
+            return;
+        }
+    };
+    let mut sampler = Sampler::new();
+    let mut last_frames = w.frames.load(Ordering::Relaxed);
+    let mut last_at = std::time::Instant::now();
+    let mut watchdog_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+    loop {
+        let (cpu, rss, mem) = sampler.sample();
+        let frames = w.frames.load(Ordering::Relaxed);
+        let fps = (frames - last_frames) as f64 / last_at.elapsed().as_secs_f64().max(0.001);
+        last_frames = frames;
+        last_at = std::time::Instant::now();
+        let hb = w.heartbeat(cpu, rss, mem, fps);
+        *w.last_heartbeat.lock().unwrap_or_else(|p| p.into_inner()) = Some(hb.clone());
+        let body = serde_json::to_vec(&hb).unwrap_or_default();
+        match kv.put(&w.id, body.into()).await {
+            Ok(_) => {
+                if watchdog {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+            Err(e) => tracing::warn!("heartbeat: {e}"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+        }
+    }
+    if let Err(e) = kv.delete(&w.id).await {
+        tracing::warn!("could not delete heartbeat: {e}");
+    }
+}
+
+/// Serve /healthz, /readyz and /metrics until `stop`.
+pub async fn http_loop(
+    w: Arc<Worker>,
+    listener: TcpListener,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    stop: CancellationToken,
+) {
+    loop {
+        let conn = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = listener.accept() => c,
+        };
+        let Ok((mut sock, _)) = conn else { continue };
+        let w = w.clone();
+        let prometheus = prometheus.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let connected =
+                w.nats.connection_state() == async_nats::connection::State::Connected;
+            let (code, body, ctype) = match path {
+                "/healthz" if connected => (200, "ok\n".to_string(), "text/plain"),
+                "/healthz" => (503, "nats disconnected\n".to_string(), "text/plain"),
+                "/readyz" if connected && w.ready.load(Ordering::Relaxed) && !w.shutdown.is_cancelled() => {
+                    (200, "ready\n".to_string(), "text/plain")
+                }
+                "/readyz" => (503, "not ready\n".to_string(), "text/plain"),
+                "/metrics" => (200, prometheus.render(), "text/plain; version=0.0.4"),
+                _ => (404, "not found\n".to_string(), "text/plain"),
+            };
+            let reason = match code {
+                200 => "OK",
+                404 => "Not Found",
+                _ => "Service Unavailable",
+            };
+            let head = format!(
+                "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+/// Register the `nats micro` service: PING/INFO/STATS for free, plus a
+/// `status` endpoint answering with this worker's latest heartbeat.
+pub async fn micro_service(w: Arc<Worker>, stop: CancellationToken) {
+    let service = match w
+        .nats
+        .service_builder()
+        .description("jetcode transcoding worker")
+        .start(subjects::SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("nats micro service not registered: {e}");
+            return;
+        }
+    };
+    let mut status = match service.endpoint("status").await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("micro status endpoint: {e}");
+            return;
+        }
+    };
+    loop {
+        let req = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = status.next() => r,
+        };
+        let Some(req) = req else { break };
+        let hb = w
+            .last_heartbeat
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default();
+        let body = serde_json::to_vec(&hb).unwrap_or_default();
+        let _ = req.respond(Ok(body.into())).await;
+    }
+    let _ = service.stop().await;
+}

@@ -1,0 +1,362 @@
+//! The worker runtime: plans jobs, pulls tasks by free slots, runs each in a
+//! supervised child, checkpoints, completes, and drains on shutdown.
+
+mod health;
+mod planner;
+mod supervise;
+mod tasks;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connect::ConnectOptions;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ledger::Ledger;
+use crate::record::Heartbeat;
+use crate::store::FileRoots;
+use crate::subjects;
+
+pub use supervise::Limits;
+
+/// `jetcode worker` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Concurrent tasks; default: one per two cores (an encode uses several threads).
+    #[arg(long, env = "JETCODE_SLOTS")]
+    pub slots: Option<u32>,
+    /// Directory file:// sources and outputs must lie under (repeatable). Default: working directory.
+    #[arg(long = "file-root", env = "JETCODE_FILE_ROOTS", value_delimiter = ',')]
+    pub file_roots: Vec<PathBuf>,
+    /// Worker id; default host-pid.
+    #[arg(long, env = "JETCODE_WORKER_ID")]
+    pub id: Option<String>,
+    /// Kill a child whose progress stops for this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub stall_timeout: f64,
+    /// A task may run this many times its segment duration (at least 300 s).
+    #[arg(long, default_value_t = 30.0)]
+    pub task_timeout_factor: f64,
+    /// On SIGTERM, let in-flight tasks finish for this many seconds, then hand them back.
+    #[arg(long, default_value_t = 30.0)]
+    pub drain_timeout: f64,
+    /// Address for /healthz, /readyz, /metrics (port 0 = any free port).
+    #[arg(long, env = "JETCODE_HEALTH_ADDR", default_value = "127.0.0.1:0")]
+    pub health_addr: String,
+    /// Do not run the planner role.
+    #[arg(long)]
+    pub no_planner: bool,
+    /// Apply streams/buckets at start (idempotent) instead of requiring them.
+    #[arg(long)]
+    pub apply_streams: bool,
+}
+
+impl WorkerArgs {
+    pub fn slots(&self) -> u32 {
+        self.slots.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+            (cores / 2).max(1)
+        })
+    }
+
+    fn stall(&self) -> Duration {
+        Duration::from_secs_f64(self.stall_timeout.max(1.0))
+    }
+}
+
+/// Shared state of one worker process.
+pub(crate) struct Worker {
+    id: String,
+    host: String,
+    args: WorkerArgs,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    ledger: Ledger,
+    roots: FileRoots,
+    /// Stop pulling new work.
+    shutdown: CancellationToken,
+    /// Drain time is over: kill children and hand their tasks back.
+    abort: CancellationToken,
+    /// Per-job cancellation of running children.
+    cancels: Mutex<HashMap<String, (CancellationToken, usize)>>,
+    busy: AtomicU32,
+    frames: AtomicU64,
+    tasks_done: AtomicU64,
+    ready: AtomicBool,
+    started_at: f64,
+    last_heartbeat: Mutex<Option<Heartbeat>>,
+}
+
+impl Worker {
+    /// A token cancelled when the job is cancelled or the worker aborts.
+    /// Pair every call with [`Worker::release_job`].
+    fn job_token(&self, job: &str) -> CancellationToken {
+        let mut map = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map
+            .entry(job.to_string())
+            .or_insert_with(|| (self.abort.child_token(), 0));
+        entry.1 += 1;
+        entry.0.clone()
+    }
+
+    fn release_job(&self, job: &str) {
+        let mut map = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get_mut(job) {
+            e.1 = e.1.saturating_sub(1);
+            if e.1 == 0 {
+                map.remove(job);
+            }
+        }
+    }
+
+    fn cancel_job(&self, job: &str) {
+        let map = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, _)) = map.get(job) {
+            t.cancel();
+        }
+    }
+}
+
+/// Run a worker until SIGTERM/SIGINT; returns after draining.
+pub async fn run(opts: ConnectOptions, args: WorkerArgs) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    let abort = CancellationToken::new();
+    let abort_on_second = abort.clone();
+    tokio::spawn(async move {
+        wait_signal().await;
+        tracing::info!("signal: draining (send again to stop at once)");
+        signals.cancel();
+        wait_signal().await;
+        tracing::warn!("second signal: handing in-flight tasks back now");
+        abort_on_second.cancel();
+    });
+    run_until(opts, args, shutdown, abort).await
+}
+
+async fn wait_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Run until `shutdown` is cancelled, then drain (or stop at once when `abort` is).
+pub async fn run_until(
+    opts: ConnectOptions,
+    args: WorkerArgs,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) -> Result<()> {
+    let roots = if args.file_roots.is_empty() {
+        let cwd = std::env::current_dir()
+            .map_err(|e| Error::new(ErrorKind::Storage, format!("working directory: {e}")))?;
+        FileRoots::new(&[cwd])?
+    } else {
+        FileRoots::new(&args.file_roots)?
+    };
+    let host = sysinfo::System::host_name().unwrap_or_else(|| "localhost".into());
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+    if !crate::job::valid_id(&id) {
+        return Err(Error::new(
+            ErrorKind::Storage,
+            format!("worker id {id:?} must match [A-Za-z0-9_-]{{1,64}}"),
+        ));
+    }
+    let mut opts = opts;
+    opts.name = Some(format!("jetcode-worker {id}"));
+    let nats = opts.connect().await?;
+    let js = jetstream::new(nats.clone());
+    if args.apply_streams {
+        crate::streams::apply(&js).await?;
+    }
+    let ledger = Ledger::open(js.clone()).await?;
+    let tasks_consumer: PullConsumer = js
+        .get_consumer_from_stream(subjects::WORKERS_CONSUMER, subjects::TASKS_STREAM)
+        .await
+        .map_err(|e| Error::js("open workers consumer (run `jetcode streams apply`)", e))?;
+    let planner_consumer: PullConsumer = js
+        .get_consumer_from_stream(subjects::PLANNER_CONSUMER, subjects::JOBS_STREAM)
+        .await
+        .map_err(|e| Error::js("open planner consumer (run `jetcode streams apply`)", e))?;
+
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| Error::new(ErrorKind::Storage, format!("metrics: {e}")));
+    crate::metrics::describe();
+    let listener = tokio::net::TcpListener::bind(&args.health_addr)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Storage, format!("health address {}: {e}", args.health_addr)))?;
+    let health_addr = listener.local_addr().ok();
+
+    let slots = args.slots();
+    let w = Arc::new(Worker {
+        id: id.clone(),
+        host,
+        args: args.clone(),
+        nats: nats.clone(),
+        js,
+        ledger,
+        roots,
+        shutdown: shutdown.clone(),
+        abort: abort.clone(),
+        cancels: Mutex::new(HashMap::new()),
+        busy: AtomicU32::new(0),
+        frames: AtomicU64::new(0),
+        tasks_done: AtomicU64::new(0),
+        ready: AtomicBool::new(false),
+        started_at: crate::record::now(),
+        last_heartbeat: Mutex::new(None),
+    });
+    metrics::gauge!(crate::metrics::SLOTS).set(slots as f64);
+
+    let background = CancellationToken::new();
+    let side = TaskTracker::new();
+    side.spawn(health::heartbeat_loop(w.clone(), background.clone()));
+    if let Ok(handle) = prometheus {
+        side.spawn(health::http_loop(w.clone(), listener, handle, background.clone()));
+    }
+    side.spawn(health::micro_service(w.clone(), background.clone()));
+    side.spawn(cancel_listener(w.clone(), background.clone()));
+
+    let work = TaskTracker::new();
+    if !args.no_planner {
+        let w2 = w.clone();
+        let c = planner_consumer.clone();
+        side.spawn(async move { planner::planner_loop(w2, c).await });
+    }
+    w.ready.store(true, Ordering::Relaxed);
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tracing::info!(
+        worker = %id,
+        slots,
+        health = %health_addr.map(|a| a.to_string()).unwrap_or_default(),
+        roots = ?w.roots.roots(),
+        "worker ready"
+    );
+
+    pull_loop(w.clone(), tasks_consumer, Arc::new(Semaphore::new(slots as usize)), &work).await;
+
+    // Drain: no new work; in-flight tasks finish or are handed back.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    work.close();
+    let in_flight = w.busy.load(Ordering::Relaxed);
+    tracing::info!(in_flight, "draining");
+    let drain = Duration::from_secs_f64(args.drain_timeout.max(0.0));
+    tokio::select! {
+        _ = work.wait() => {}
+        _ = tokio::time::sleep(drain) => {
+            tracing::warn!("drain timeout: handing remaining tasks back");
+            abort.cancel();
+        }
+        _ = abort.cancelled() => {}
+    }
+    work.wait().await;
+    background.cancel();
+    side.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), side.wait()).await;
+    let _ = nats.flush().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Fetch only as many tasks as there are free slots; never prefetch long work.
+async fn pull_loop(w: Arc<Worker>, consumer: PullConsumer, slots: Arc<Semaphore>, work: &TaskTracker) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        if w.shutdown.is_cancelled() {
+            return;
+        }
+        let free = slots.available_permits();
+        if free == 0 {
+            tokio::select! {
+                _ = w.shutdown.cancelled() => return,
+                p = slots.clone().acquire_owned() => drop(p),
+            }
+            continue;
+        }
+        let batch = tokio::select! {
+            _ = w.shutdown.cancelled() => return,
+            b = consumer.fetch().max_messages(free).expires(Duration::from_secs(5)).messages() => b,
+        };
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("fetch: {e}");
+                tokio::select! {
+                    _ = w.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(250);
+        // Read the batch to its end even when shutting down, so every task
+        // delivered to us is handed back at once instead of after ack_wait.
+        while let Some(msg) = batch.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!("batch: {e}");
+                    break;
+                }
+            };
+            if w.shutdown.is_cancelled() {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                continue;
+            }
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                continue;
+            };
+            let w = w.clone();
+            work.spawn(async move {
+                w.busy.fetch_add(1, Ordering::Relaxed);
+                metrics::gauge!(crate::metrics::SLOTS_BUSY).increment(1.0);
+                tasks::handle(&w, msg).await;
+                w.busy.fetch_sub(1, Ordering::Relaxed);
+                metrics::gauge!(crate::metrics::SLOTS_BUSY).decrement(1.0);
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Kill children of cancelled jobs as soon as the control message arrives.
+async fn cancel_listener(w: Arc<Worker>, stop: CancellationToken) {
+    let mut sub = match w.nats.subscribe(subjects::CANCEL_ALL).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cancel subscription failed: {e}");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else { return };
+        if let Some(job) = msg.subject.as_str().rsplit('.').next() {
+            tracing::info!(job, "cancel received");
+            w.cancel_job(job);
+        }
+    }
+}

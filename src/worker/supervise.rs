@@ -1,0 +1,206 @@
+//! Runs one media task in a child process of this binary and watches it:
+//! progress lines in, progress acks out, kill on stall, timeout or cancel.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::task::{ChildLine, EXIT_PERMANENT};
+
+/// Limits on one child.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Kill when progress has not advanced for this long.
+    pub stall: Duration,
+    /// Kill when the child runs longer than this in total.
+    pub total: Duration,
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done {
+        frames: u64,
+        summary: serde_json::Value,
+        seconds: f64,
+    },
+    Failed {
+        reason: String,
+        permanent: bool,
+    },
+    /// Killed because `stop` was cancelled (job cancelled, or drain ran out).
+    Stopped,
+}
+
+/// What the child is and how to watch it.
+pub struct ChildSpec<'a> {
+    /// `segment`, `audio`, `stitch`, `probe`.
+    pub kind: &'a str,
+    /// The work order JSON passed as `--task`.
+    pub work: String,
+    pub limits: Limits,
+    /// Progress acks go to this message while frames advance.
+    pub msg: Option<&'a jetstream::Message>,
+    pub stop: CancellationToken,
+    /// Called with each increase in frames done.
+    pub on_frames: &'a (dyn Fn(u64) + Send + Sync),
+}
+
+/// The program run as a child: this executable, unless overridden for tests.
+fn child_program() -> std::io::Result<std::path::PathBuf> {
+    match std::env::var_os("JETCODE_CHILD_BIN") {
+        Some(p) => Ok(p.into()),
+        None => std::env::current_exe(),
+    }
+}
+
+/// Spawn and supervise. Never panics; every failure is an [`Outcome`].
+pub async fn run(spec: ChildSpec<'_>) -> Outcome {
+    let started = Instant::now();
+    let program = match child_program() {
+        Ok(p) => p,
+        Err(e) => return transient(format!("cannot find own executable: {e}")),
+    };
+    let mut cmd = match stall_failpoint(spec.kind) {
+        Some(()) => {
+            let mut c = Command::new(program);
+            c.args(["media", "stall", "--task", "{}"]);
+            c
+        }
+        None => {
+            let mut c = Command::new(program);
+            c.arg("media").arg(spec.kind).arg("--task").arg(&spec.work);
+            c
+        }
+    };
+    let mut child = match cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return transient(format!("cannot start media child: {e}")),
+    };
+    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return transient("media child has no pipes".into());
+    };
+    // Keep the tail of stderr for the failure reason.
+    let stderr_tail = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf);
+        text.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect::<String>()
+    });
+
+    let mut lines = BufReader::new(stdout).lines();
+    let mut last: Option<ChildLine> = None;
+    let mut done_so_far = 0u64;
+    let mut last_advance = Instant::now();
+    let mut last_progress_ack = Instant::now();
+    let deadline = tokio::time::Instant::now() + spec.limits.total;
+    let killed_for = loop {
+        let stall_at = tokio::time::Instant::from_std(last_advance + spec.limits.stall);
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(l)) => {
+                    let Ok(parsed) = serde_json::from_str::<ChildLine>(&l) else { continue };
+                    if let ChildLine::Progress { done, .. } = parsed {
+                        if done > done_so_far {
+                            (spec.on_frames)(done - done_so_far);
+                            done_so_far = done;
+                            last_advance = Instant::now();
+                            if let Some(msg) = spec.msg {
+                                if last_progress_ack.elapsed() > Duration::from_secs(5) {
+                                    let _ = msg.ack_with(AckKind::Progress).await;
+                                    last_progress_ack = Instant::now();
+                                }
+                            }
+                        }
+                    }
+                    last = Some(parsed);
+                }
+                // stdout closed: the child is exiting.
+                Ok(None) | Err(_) => break None,
+            },
+            _ = tokio::time::sleep_until(stall_at) => {
+                metrics::counter!(crate::metrics::STALLS).increment(1);
+                break Some(format!("stalled: no progress for {:?}", spec.limits.stall));
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                break Some(format!("timed out after {:?}", spec.limits.total));
+            }
+            _ = spec.stop.cancelled() => break Some(String::new()),
+        }
+    };
+    if let Some(reason) = killed_for {
+        let _ = child.kill().await;
+        if reason.is_empty() {
+            return Outcome::Stopped;
+        }
+        return transient(reason);
+    }
+    let status = match tokio::time::timeout(spec.limits.stall, child.wait()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return transient(format!("waiting for media child: {e}")),
+        Err(_) => {
+            let _ = child.kill().await;
+            return transient("media child closed its output but did not exit".into());
+        }
+    };
+    let tail = stderr_tail.await.unwrap_or_default();
+    match (last, status.code()) {
+        (Some(ChildLine::Done { frames, summary }), Some(0)) => Outcome::Done {
+            frames,
+            summary,
+            seconds: started.elapsed().as_secs_f64(),
+        },
+        (Some(ChildLine::Failed { reason, permanent }), _) => Outcome::Failed { reason, permanent },
+        (_, Some(code)) => Outcome::Failed {
+            reason: format!("media child exited with {code}: {tail}"),
+            permanent: code == EXIT_PERMANENT,
+        },
+        (_, None) => {
+            use std::os::unix::process::ExitStatusExt;
+            transient(format!(
+                "media child killed by signal {}: {tail}",
+                status.signal().unwrap_or(0)
+            ))
+        }
+    }
+}
+
+/// Fault injection for tests: `JETCODE_FAILPOINT_STALL_ONCE=<kind>:<marker
+/// file>` makes the first child of that kind (the one that creates the
+/// marker) hang without progress, as a stuck decoder would.
+fn stall_failpoint(kind: &str) -> Option<()> {
+    let v = std::env::var("JETCODE_FAILPOINT_STALL_ONCE").ok()?;
+    let (k, marker) = v.split_once(':')?;
+    if k != kind {
+        return None;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(marker)
+        .ok()
+        .map(|_| ())
+}
+
+fn transient(reason: String) -> Outcome {
+    Outcome::Failed {
+        reason,
+        permanent: false,
+    }
+}

@@ -1,0 +1,369 @@
+//! One task, start to finish: skip if checkpointed, run the child, place
+//! the output durably, checkpoint, ack; then maybe publish the stitch.
+//!
+//! Order is the invariant: output durable -> checkpoint `create` -> ack. A
+//! crash anywhere redoes the task into the same key or skips it.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+
+use super::supervise::{self, ChildSpec, Limits, Outcome};
+use super::Worker;
+use crate::error::{Error, ErrorKind, Result};
+use crate::metrics as m;
+use crate::record::{now, EventKind, JobState, TaskDone};
+use crate::store::{commit_file, partial_path};
+use crate::subjects::{self, TaskKind};
+use crate::task::{AudioWork, SegmentWork, StitchWork, Task, TaskBody, STITCH_TASK_ID};
+
+/// What to do with the message after the task ran.
+enum Verdict {
+    Ack,
+    /// Retry later (transient failure).
+    Retry(String),
+    /// Never retry; fail the job with this reason.
+    Fail(String),
+    /// Handed back: another worker should take it now.
+    HandBack,
+}
+
+pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    if delivered > 1 {
+        metrics::counter!(m::REDELIVERIES).increment(1);
+    }
+    let task: Task = match serde_json::from_slice(&msg.payload) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(subject = %msg.subject, "unreadable task, terminating it: {e}");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let kind = task.kind();
+    let token = w.job_token(&task.job);
+    let verdict = match run_task(w, &msg, &task, token.clone()).await {
+        Ok(v) => v,
+        Err(e) if e.kind() == ErrorKind::Storage => Verdict::Fail(e.to_string()),
+        Err(e) => Verdict::Retry(e.to_string()),
+    };
+    w.release_job(&task.job);
+    let outcome = match verdict {
+        Verdict::Ack => {
+            let _ = msg.double_ack().await;
+            "ok"
+        }
+        Verdict::HandBack => {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            "handed_back"
+        }
+        Verdict::Retry(reason) if delivered < crate::streams::TASK_MAX_DELIVER => {
+            tracing::warn!(job = %task.job, task = %task.id, delivered, "retrying: {reason}");
+            let delay = Duration::from_secs(1u64 << delivered.clamp(0, 5) as u64);
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            let _ = w
+                .ledger
+                .event(
+                    &task.job,
+                    EventKind::Retried {
+                        task: task.id.clone(),
+                        worker: w.id.clone(),
+                        reason,
+                    },
+                )
+                .await;
+            "retried"
+        }
+        Verdict::Retry(reason) => {
+            let reason = format!("task {} gave up after {delivered} attempts: {reason}", task.id);
+            fail_job(w, &task.job, &reason).await;
+            let _ = msg.ack_with(AckKind::Term).await;
+            "failed"
+        }
+        Verdict::Fail(reason) => {
+            let reason = format!("task {}: {reason}", task.id);
+            fail_job(w, &task.job, &reason).await;
+            let _ = msg.ack_with(AckKind::Term).await;
+            "failed"
+        }
+    };
+    metrics::counter!(m::TASKS_TOTAL, m::LABEL_KIND => kind.as_str(), m::LABEL_OUTCOME => outcome)
+        .increment(1);
+}
+
+/// Mark the job failed (if it is still running) and announce it.
+async fn fail_job(w: &Worker, job: &str, reason: &str) {
+    tracing::error!(job, "job failed: {reason}");
+    let mut changed = false;
+    let res = w
+        .ledger
+        .update_record(job, |r| {
+            changed = r.state == JobState::Running;
+            if changed {
+                r.state = JobState::Failed;
+                r.error = Some(reason.to_string());
+                r.finished_at = Some(now());
+            }
+            changed
+        })
+        .await;
+    if res.is_ok() && changed {
+        let _ = w
+            .ledger
+            .event(
+                job,
+                EventKind::Failed {
+                    reason: reason.to_string(),
+                },
+            )
+            .await;
+    }
+}
+
+async fn run_task(
+    w: &Worker,
+    msg: &jetstream::Message,
+    task: &Task,
+    token: tokio_util::sync::CancellationToken,
+) -> Result<Verdict> {
+    let Some((rec, _)) = w.ledger.record(&task.job).await? else {
+        return Ok(Verdict::Fail("job has no record".into()));
+    };
+    if rec.state.is_terminal() {
+        // Cancelled or failed: drop its remaining work.
+        return Ok(Verdict::Ack);
+    }
+    if w.ledger.is_done(&task.job, &task.id).await? {
+        // Already checkpointed (a redelivery after a crash before the ack):
+        // nothing to redo, but make sure completion was not lost.
+        if task.kind() != TaskKind::Stitch {
+            maybe_publish_stitch(w, task).await?;
+        }
+        return Ok(Verdict::Ack);
+    }
+    w.ledger
+        .event(
+            &task.job,
+            EventKind::TaskStarted {
+                task: task.id.clone(),
+                worker: w.id.clone(),
+            },
+        )
+        .await?;
+    let out_dir = w.roots.output_dir(&task.output)?;
+    let tag = format!("{}-{}", w.id, msg.info().map(|i| i.delivered).unwrap_or(0));
+    // (child kind, work JSON, final file to commit (tmp, dest), expected duration)
+    let (kind, work, commit, seconds): (&str, String, Option<(PathBuf, PathBuf)>, f64) =
+        match &task.body {
+            TaskBody::Segment {
+                rendition,
+                segment,
+                fps_num,
+                fps_den,
+            } => {
+                let dest = out_dir.join(subjects::part_key(&rendition.name, segment.index));
+                mkdir_parent(&dest)?;
+                let tmp = partial_path(&dest, &tag);
+                let work = SegmentWork {
+                    input: w.roots.source_path(&task.source)?,
+                    output: tmp.clone(),
+                    rendition: rendition.clone(),
+                    segment: *segment,
+                    fps_num: *fps_num,
+                    fps_den: *fps_den,
+                };
+                (
+                    "segment",
+                    json(&work),
+                    Some((tmp, dest)),
+                    segment.duration_ns() as f64 / 1e9,
+                )
+            }
+            TaskBody::Audio => {
+                let dest = out_dir.join(subjects::AUDIO_PART_KEY);
+                mkdir_parent(&dest)?;
+                let tmp = partial_path(&dest, &tag);
+                let work = AudioWork {
+                    input: w.roots.source_path(&task.source)?,
+                    output: tmp.clone(),
+                };
+                let secs = rec.plan.as_ref().map_or(60.0, |p| p.audio_duration_ns as f64 / 1e9);
+                ("audio", json(&work), Some((tmp, dest)), secs)
+            }
+            TaskBody::Stitch {
+                plan,
+                renditions,
+                formats,
+            } => {
+                let work = StitchWork {
+                    output_dir: out_dir.clone(),
+                    plan: plan.clone(),
+                    renditions: renditions.clone(),
+                    formats: formats.clone(),
+                };
+                let secs = plan.segments.last().map_or(0.0, |s| s.end_ns as f64 / 1e9);
+                ("stitch", json(&work), None, secs)
+            }
+        };
+    let limits = Limits {
+        stall: w.args.stall(),
+        total: Duration::from_secs_f64((seconds * w.args.task_timeout_factor).max(300.0)),
+    };
+    let frames_counter = &w.frames;
+    let on_frames = move |n: u64| {
+        frames_counter.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(m::FRAMES_ENCODED).increment(n);
+    };
+    let outcome = supervise::run(ChildSpec {
+        kind,
+        work,
+        limits,
+        msg: Some(msg),
+        stop: token.clone(),
+        on_frames: &on_frames,
+    })
+    .await;
+    let (frames, secs) = match outcome {
+        Outcome::Done { frames, seconds, .. } => (frames, seconds),
+        Outcome::Failed { reason, permanent } => {
+            if let Some((tmp, _)) = &commit {
+                let _ = std::fs::remove_file(tmp);
+            }
+            return Ok(if permanent {
+                Verdict::Fail(reason)
+            } else {
+                Verdict::Retry(reason)
+            });
+        }
+        Outcome::Stopped => {
+            if let Some((tmp, _)) = &commit {
+                let _ = std::fs::remove_file(tmp);
+            }
+            // Job cancelled: drop the task. Worker aborting: hand it back.
+            return Ok(if w.abort.is_cancelled() {
+                Verdict::HandBack
+            } else {
+                Verdict::Ack
+            });
+        }
+    };
+    metrics::histogram!(m::TASK_SECONDS, m::LABEL_KIND => kind).record(secs);
+    if let Some((tmp, dest)) = &commit {
+        commit_file(tmp, dest)?;
+    }
+    let done = TaskDone {
+        worker: w.id.clone(),
+        seconds: secs,
+        frames,
+        at: now(),
+    };
+    let first = w.ledger.checkpoint(&task.job, &task.id, &done).await?;
+    if !first {
+        tracing::info!(job = %task.job, task = %task.id, "already checkpointed by another worker");
+    }
+    w.tasks_done.fetch_add(1, Ordering::Relaxed);
+    w.ledger
+        .event(
+            &task.job,
+            EventKind::TaskDone {
+                task: task.id.clone(),
+                worker: w.id.clone(),
+                seconds: secs,
+                fps: if secs > 0.0 { frames as f64 / secs } else { 0.0 },
+                frames,
+            },
+        )
+        .await?;
+    match task.kind() {
+        TaskKind::Stitch => finish_job(w, task, secs).await?,
+        _ => maybe_publish_stitch(w, task).await?,
+    }
+    Ok(Verdict::Ack)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn mkdir_parent(p: &std::path::Path) -> Result<()> {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d)
+            .map_err(|e| Error::new(ErrorKind::Storage, format!("{}: {e}", d.display())))?;
+    }
+    Ok(())
+}
+
+/// Whoever sees every segment/audio checkpoint publishes the stitch; its
+/// Msg-Id makes concurrent publishers produce one message.
+async fn maybe_publish_stitch(w: &Worker, task: &Task) -> Result<()> {
+    let Some((rec, _)) = w.ledger.record(&task.job).await? else {
+        return Ok(());
+    };
+    if rec.state != JobState::Running {
+        return Ok(());
+    }
+    let done = w
+        .ledger
+        .done_tasks(&task.job)
+        .await?
+        .into_iter()
+        .filter(|t| t != STITCH_TASK_ID)
+        .count();
+    if done < rec.tasks_total as usize {
+        return Ok(());
+    }
+    let (Some(spec), Some(plan)) = (rec.spec, rec.plan) else {
+        return Ok(());
+    };
+    let stitch = Task {
+        job: task.job.clone(),
+        id: STITCH_TASK_ID.into(),
+        source: task.source.clone(),
+        output: task.output.clone(),
+        body: TaskBody::Stitch {
+            plan,
+            renditions: spec.resolved_renditions()?,
+            formats: spec.formats.clone(),
+        },
+    };
+    super::planner::publish_task(&w.js, &stitch)
+        .await?
+        .await
+        .map_err(|e| Error::js("publish stitch", e))?;
+    tracing::info!(job = %task.job, "all parts done: stitch queued");
+    Ok(())
+}
+
+/// Stitch succeeded: the job is done.
+async fn finish_job(w: &Worker, task: &Task, stitch_secs: f64) -> Result<()> {
+    let mut changed = false;
+    let rec = w
+        .ledger
+        .update_record(&task.job, |r| {
+            changed = r.state == JobState::Running;
+            if changed {
+                r.state = JobState::Done;
+                r.finished_at = Some(now());
+            }
+            changed
+        })
+        .await?;
+    if changed {
+        let total = rec.finished_at.unwrap_or_else(now) - rec.created_at;
+        w.ledger
+            .event(
+                &task.job,
+                EventKind::Done {
+                    output: task.output.clone(),
+                    manifest: subjects::MANIFEST_KEY.into(),
+                    seconds: total.max(stitch_secs),
+                },
+            )
+            .await?;
+        tracing::info!(job = %task.job, seconds = total, "job done");
+    }
+    Ok(())
+}

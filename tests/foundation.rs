@@ -1,0 +1,149 @@
+//! Topology, submission and validation against a real nats-server.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::*;
+use jetcode::{streams, subjects, Client, ErrorKind, JobSpec};
+
+fn spec(id: Option<&str>) -> JobSpec {
+    let mut s: JobSpec = serde_json::from_str(
+        r#"{"source":"file:///srv/in/a.mp4","output":"file:///srv/out/a/","renditions":["h264-720p"]}"#,
+    )
+    .unwrap();
+    s.id = id.map(String::from);
+    s
+}
+
+async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
+    js.get_stream(name).await.unwrap().info().await.unwrap().state.messages
+}
+
+#[tokio::test]
+async fn apply_is_idempotent_and_matches_server() {
+    let server = NatsServer::start();
+    let nc = jetcode::ConnectOptions::new(server.url()).connect().await.unwrap();
+    let js = jetstream::new(nc);
+    let first = streams::apply(&js).await.unwrap();
+    assert!(first.iter().all(|a| a.created), "{first:?}");
+    let second = streams::apply(&js).await.unwrap();
+    assert!(second.iter().all(|a| !a.created), "{second:?}");
+    assert_eq!(first.len(), second.len());
+    for want in streams::stream_configs() {
+        let got = js.get_stream(&want.name).await.unwrap().info().await.unwrap().config.clone();
+        assert_eq!(got.subjects, want.subjects, "{}", want.name);
+        assert_eq!(got.retention, want.retention, "{}", want.name);
+        assert_eq!(got.storage, want.storage, "{}", want.name);
+        assert_eq!(got.duplicate_window, want.duplicate_window, "{}", want.name);
+        assert_eq!(got.max_age, want.max_age, "{}", want.name);
+    }
+    for (stream, want) in streams::consumer_configs() {
+        let mut c: jetstream::consumer::PullConsumer = js
+            .get_consumer_from_stream(want.durable_name.clone().unwrap(), stream)
+            .await
+            .unwrap();
+        let got = c.info().await.unwrap().config.clone();
+        assert_eq!(got.ack_wait, want.ack_wait);
+        assert_eq!(got.max_deliver, want.max_deliver);
+        assert_eq!(got.filter_subject, want.filter_subject);
+    }
+}
+
+#[test]
+fn stream_json_files_equal_code() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("streams");
+    for (name, want) in streams::config_files() {
+        let path = dir.join(&name);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run `just streams-json`)", path.display()));
+        let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(got, want, "{} is stale: run `just streams-json`", path.display());
+    }
+}
+
+#[tokio::test]
+async fn refuses_server_without_jetstream() {
+    // A plain server (no -js) must be refused with a clear one-line reason.
+    let server = NatsServer::start_plain();
+    let err = jetcode::ConnectOptions::new(server.url()).connect().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServerUnsupported);
+    assert!(err.to_string().contains("JetStream"), "{err}");
+}
+
+#[tokio::test]
+async fn submit_dedupes_by_id_and_names_anonymous_jobs() {
+    let server = NatsServer::start();
+    let nc = connect_applied(&server).await;
+    let js = jetstream::new(nc.clone());
+    let client = Client::from_nats(nc.clone()).await.unwrap();
+
+    let id = client.submit(&spec(Some("trailer-42"))).await.unwrap();
+    assert_eq!(id.0, "trailer-42");
+    let again = client.submit(&spec(Some("trailer-42"))).await.unwrap();
+    assert_eq!(again.0, "trailer-42");
+    assert_eq!(stream_messages(&js, subjects::JOBS_STREAM).await, 1, "duplicate submit stored twice");
+
+    let anon = client.submit(&spec(None)).await.unwrap();
+    assert_eq!(anon.0, "job-2");
+
+    // Raw NATS publish of JSON, as `nats req jetcode.jobs.submit` does.
+    let raw = r#"{"id":"raw-1","source":"file:///srv/in/b.mp4","output":"file:///srv/out/b/","renditions":["h264-480p"]}"#;
+    let reply = nc.request(subjects::JOBS_SUBMIT, raw.into()).await.unwrap();
+    let ack: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(ack["stream"], subjects::JOBS_STREAM, "{ack}");
+    assert_eq!(stream_messages(&js, subjects::JOBS_STREAM).await, 3);
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_client_side() {
+    let server = NatsServer::start();
+    let nc = connect_applied(&server).await;
+    let js = jetstream::new(nc.clone());
+    let client = Client::from_nats(nc).await.unwrap();
+    let mut bad_id = spec(Some("no spaces allowed"));
+    let mut traversal = spec(None);
+    traversal.source = "file:///srv/in/../../etc/passwd".into();
+    let mut many = spec(None);
+    many.renditions = vec![jetcode::RenditionSpec::Preset("h264-720p".into()); 10_000];
+    bad_id.formats.clear();
+    for (s, want) in [(bad_id, "id"), (traversal, ".."), (many, "limit")] {
+        let err = client.submit(&s).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidSpec);
+        assert!(err.to_string().contains(want), "{err}");
+        assert!(!err.to_string().contains('\n'));
+    }
+    assert_eq!(stream_messages(&js, subjects::JOBS_STREAM).await, 0, "nothing published");
+}
+
+#[tokio::test]
+async fn status_of_unknown_job_is_not_found() {
+    let server = NatsServer::start();
+    let nc = connect_applied(&server).await;
+    let client = Client::from_nats(nc).await.unwrap();
+    let err = client.status("nope").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let err = client.wait("nope", Some(Duration::from_millis(300))).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+}
+
+#[test]
+fn cli_errors_are_one_line_and_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("job.json");
+    std::fs::write(&f, r#"{"source":"file:///a","output":"file:///o/","renditions":["h264-720p"],"bogus":1}"#).unwrap();
+    let out = std::process::Command::new(jetcode_bin()).arg("validate").arg(&f).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("unknown field `bogus`"), "{err}");
+    let out = std::process::Command::new(jetcode_bin())
+        .args(["status", "x", "--nats-url", "nats://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+}
