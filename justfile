@@ -38,8 +38,3 @@ demo *ARGS:
 up:
     mkdir -p .data/nats
     nats-server -js -a 127.0.0.1 -p 4222 -sd .data/nats
-
-# Distributed vs single-pass benchmark; writes BENCHMARKS.md.
-bench:
-    cargo build --release
-    scripts/bench.sh

@@ -145,3 +145,74 @@ pub async fn connect_applied(server: &NatsServer) -> async_nats::Client {
 pub fn jetcode_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jetcode"))
 }
+
+/// A `jetcode worker` child process, killed on drop.
+pub struct WorkerProc {
+    pub child: Child,
+    pub id: String,
+}
+
+impl WorkerProc {
+    pub fn start(url: &str, id: &str, root: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let log = std::fs::File::create(root.join(format!("{id}.log"))).expect("log file");
+        let child = Command::new(jetcode_bin())
+            .args(["worker", "--id", id, "--slots", "1", "--file-root"])
+            .arg(root)
+            .args(extra)
+            .env("NATS_URL", url)
+            .env("JETCODE_LOG", "info,async_nats=warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start worker");
+        WorkerProc { child, id: id.to_string() }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Wait for exit with a deadline; returns the exit status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_until(deadline, "worker exit", || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status.expect("exited")
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Generate a test clip with the jetcode binary (videotestsrc + audiotestsrc).
+pub fn make_clip(path: &std::path::Path, seconds: f64, width: u32, height: u32) {
+    let out = Command::new(jetcode_bin())
+        .arg("testclip")
+        .arg(path)
+        .args(["--seconds", &seconds.to_string(), "--width", &width.to_string(), "--height", &height.to_string(), "--fps", "25"])
+        .output()
+        .expect("run testclip");
+    assert!(out.status.success(), "testclip: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Video frames in a file, counted by ffprobe (packets of stream v:0).
+pub fn ffprobe_frames(path: &std::path::Path) -> u64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| {
+        panic!("ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr))
+    })
+}
