@@ -12,6 +12,7 @@ default:
 # Install-free checks and the whole test suite against real nats-server + GStreamer.
 test: lint
     cargo build --no-default-features --lib --bins
+    if cargo tree --no-default-features -e normal | grep -q gstreamer; then echo "producer build pulls gstreamer" >&2; exit 1; fi
     cargo build --all-targets --examples
     if cargo nextest --version >/dev/null 2>&1; then cargo nextest run --no-fail-fast --test-threads 2; else cargo test -- --test-threads 2; fi
     cargo test --doc

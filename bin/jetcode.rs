@@ -12,7 +12,11 @@ use futures::StreamExt;
 use jetcode::{Client, ConnectOptions, EventKind, JobSpec};
 
 #[derive(Parser)]
-#[command(name = "jetcode", version, about = "Distributed video transcoder on NATS JetStream")]
+#[command(
+    name = "jetcode",
+    version,
+    about = "Distributed video transcoder on NATS JetStream"
+)]
 struct Cli {
     #[command(flatten)]
     nats: NatsArgs,
@@ -23,7 +27,12 @@ struct Cli {
 #[derive(Args, Clone)]
 struct NatsArgs {
     /// NATS server URL(s), comma separated.
-    #[arg(long, global = true, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        global = true,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     nats_url: String,
     /// NATS credentials file (JWT + seed).
     #[arg(long, global = true, env = "NATS_CREDS")]
@@ -162,10 +171,20 @@ fn main() -> ExitCode {
     if let Verb::Media { kind, task } = &cli.verb {
         // Children speak JSON lines on stdout; logs go to stderr.
         init_tracing();
+        if kind == "stall" {
+            // Fault injection (JETCODE_FAILPOINT_STALL_ONCE): a child that
+            // never makes progress, like a decoder stuck on a dead source.
+            loop {
+                std::thread::park();
+            }
+        }
         return ExitCode::from(jetcode::media::child::run(kind, task) as u8);
     }
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -261,7 +280,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let c = client(&cli.nats).await?;
             let ws = c.workers().await?;
             if !json {
-                println!("{:<28} {:<16} {:>5} {:>5} {:>6} {:>9} {:>8} {:>6}", "WORKER", "HOST", "SLOTS", "BUSY", "CPU%", "RSS MiB", "FPS", "DONE");
+                println!(
+                    "{:<28} {:<16} {:>5} {:>5} {:>6} {:>9} {:>8} {:>6}",
+                    "WORKER", "HOST", "SLOTS", "BUSY", "CPU%", "RSS MiB", "FPS", "DONE"
+                );
             }
             for w in ws {
                 if json {
@@ -269,7 +291,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 } else {
                     println!(
                         "{:<28} {:<16} {:>5} {:>5} {:>6.1} {:>9.1} {:>8.1} {:>6}{}",
-                        w.id, w.host, w.slots, w.busy, w.cpu, w.rss as f64 / 1048576.0, w.fps, w.tasks_done,
+                        w.id,
+                        w.host,
+                        w.slots,
+                        w.busy,
+                        w.cpu,
+                        w.rss as f64 / 1048576.0,
+                        w.fps,
+                        w.tasks_done,
                         if w.draining { " draining" } else { "" }
                     );
                 }
@@ -280,7 +309,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let nc = cli.nats.options("jetcode-streams")?.connect().await?;
             let js = async_nats::jetstream::new(nc);
             for a in jetcode::streams::apply(&js).await? {
-                println!("{:<32} {}", a.name, if a.created { "created" } else { "up to date" });
+                println!(
+                    "{:<32} {}",
+                    a.name,
+                    if a.created { "created" } else { "up to date" }
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -299,7 +332,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!(
                 "ok: {} rendition(s): {}",
                 rs.len(),
-                rs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+                rs.iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -312,7 +348,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         #[cfg(feature = "media")]
         Verb::Media { .. } => unreachable!("handled before the runtime starts"),
         #[cfg(feature = "media")]
-        Verb::Testclip { path, seconds, width, height, fps } => {
+        Verb::Testclip {
+            path,
+            seconds,
+            width,
+            height,
+            fps,
+        } => {
             let o = jetcode::media::testsrc::ClipOptions {
                 seconds,
                 fps_num: fps,
@@ -323,7 +365,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 audio: true,
             };
             jetcode::media::testsrc::generate_clip(&path, &o)?;
-            println!("wrote {} ({seconds} s, {width}x{height} @ {fps} fps, with audio)", path.display());
+            println!(
+                "wrote {} ({seconds} s, {width}x{height} @ {fps} fps, with audio)",
+                path.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -337,7 +382,10 @@ fn summary_line(rec: &jetcode::JobRecord) -> String {
         format!("{:?}", rec.state).to_lowercase(),
         segs,
         rec.tasks_total,
-        rec.error.as_deref().map(|e| format!(" error={e}")).unwrap_or_default()
+        rec.error
+            .as_deref()
+            .map(|e| format!(" error={e}"))
+            .unwrap_or_default()
     )
 }
 
@@ -369,13 +417,24 @@ async fn follow(c: &Client, id: &str, json: bool) -> Result<ExitCode> {
             println!("{}", serde_json::to_string(&ev)?);
         }
         match &ev.kind {
-            EventKind::Planned { segments, renditions, tasks, frames } => {
+            EventKind::Planned {
+                segments,
+                renditions,
+                tasks,
+                frames,
+            } => {
                 bar.set_length(*tasks as u64);
                 if !json {
                     bar.println(format!("planned: {segments} segments x {renditions} renditions + audio = {tasks} tasks, {frames} frames"));
                 }
             }
-            EventKind::TaskDone { task, worker, seconds, fps, .. } => {
+            EventKind::TaskDone {
+                task,
+                worker,
+                seconds,
+                fps,
+                ..
+            } => {
                 if done.insert(task.clone()) {
                     bar.inc(1);
                 }
@@ -386,7 +445,9 @@ async fn follow(c: &Client, id: &str, json: bool) -> Result<ExitCode> {
             EventKind::Retried { task, reason, .. } if !json => {
                 bar.println(format!("retry {task}: {reason}"));
             }
-            EventKind::Done { output, seconds, .. } => {
+            EventKind::Done {
+                output, seconds, ..
+            } => {
                 bar.finish_and_clear();
                 if !json {
                     println!("done {id} in {seconds:.1}s: {output}");
@@ -417,19 +478,35 @@ async fn follow(c: &Client, id: &str, json: bool) -> Result<ExitCode> {
 /// Print the manifest's files of a finished job (file:// outputs only).
 async fn print_outputs(c: &Client, id: &str) {
     let Ok(rec) = c.status(id).await else { return };
-    let Some(out) = rec.output.as_deref() else { return };
-    let Ok(url) = url::Url::parse(out) else { return };
+    let Some(out) = rec.output.as_deref() else {
+        return;
+    };
+    let Ok(url) = url::Url::parse(out) else {
+        return;
+    };
     let Ok(dir) = url.to_file_path() else { return };
-    let Ok(bytes) = std::fs::read(dir.join(jetcode::subjects::MANIFEST_KEY)) else { return };
-    let Ok(m) = serde_json::from_slice::<jetcode::Manifest>(&bytes) else { return };
-    println!("  manifest  {}", dir.join(jetcode::subjects::MANIFEST_KEY).display());
+    let Ok(bytes) = std::fs::read(dir.join(jetcode::subjects::MANIFEST_KEY)) else {
+        return;
+    };
+    let Ok(m) = serde_json::from_slice::<jetcode::Manifest>(&bytes) else {
+        return;
+    };
+    println!(
+        "  manifest  {}",
+        dir.join(jetcode::subjects::MANIFEST_KEY).display()
+    );
     for f in &m.files {
-        let kind = serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let kind = serde_json::to_value(f.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
         println!(
             "  {:<10} {:<40} {:>8} frames {:>8.3}s",
             kind,
             dir.join(&f.path).display(),
-            f.frames.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            f.frames
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
             f.duration_s
         );
     }

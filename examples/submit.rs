@@ -8,7 +8,9 @@ use jetcode::{Client, ConnectOptions, EventKind, JobSpec};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "examples/trailer.json".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "examples/trailer.json".into());
     let spec = JobSpec::from_json(&std::fs::read(&path)?)?;
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let client = Client::connect(&ConnectOptions::new(url)).await?;
@@ -19,7 +21,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(event) = events.next().await {
         let event = event?;
         match &event.kind {
-            EventKind::TaskDone { task, worker, fps, .. } => println!("{task} done on {worker} ({fps:.0} fps)"),
+            EventKind::TaskDone {
+                task, worker, fps, ..
+            } => println!("{task} done on {worker} ({fps:.0} fps)"),
             EventKind::Done { output, .. } => {
                 println!("done: {output}");
                 break;

@@ -99,12 +99,16 @@ impl Client {
 
     /// The job's record; `NotFound` until the planner has seen it.
     pub async fn status(&self, id: &str) -> Result<JobRecord> {
-        self.ledger.record(id).await?.map(|(r, _)| r).ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("job {id} has no record (unknown, or still queued for planning)"),
-            )
-        })
+        self.ledger
+            .record(id)
+            .await?
+            .map(|(r, _)| r)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("job {id} has no record (unknown, or still queued for planning)"),
+                )
+            })
     }
 
     /// The job's events from its first, live until the stream is dropped.
@@ -148,7 +152,10 @@ impl Client {
         };
         let rec = match timeout {
             Some(t) => tokio::time::timeout(t, until_end).await.map_err(|_| {
-                Error::new(ErrorKind::Timeout, format!("job {id} still running after {t:?}"))
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("job {id} still running after {t:?}"),
+                )
             })??,
             None => until_end.await?,
         };

@@ -43,8 +43,7 @@ impl ConnectOptions {
 
     /// Connect, then check the server version and JetStream.
     pub async fn connect(&self) -> Result<async_nats::Client> {
-        let mut o = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5));
+        let mut o = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
         if let Some(name) = &self.name {
             o = o.name(name);
         }
@@ -141,6 +140,9 @@ mod tests {
         info.version = "2.15.1".into();
         assert!(check_server(&info).is_ok());
         info.jetstream = false;
-        assert!(check_server(&info).unwrap_err().to_string().contains("JetStream"));
+        assert!(check_server(&info)
+            .unwrap_err()
+            .to_string()
+            .contains("JetStream"));
     }
 }

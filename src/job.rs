@@ -326,14 +326,14 @@ impl Rendition {
                 "rendition name {n:?} must match [A-Za-z0-9_-]{{1,64}}"
             ));
         }
-        if !(16..=4320).contains(&self.height) || self.height % 2 != 0 {
+        if !(16..=4320).contains(&self.height) || !self.height.is_multiple_of(2) {
             p.push(format!(
                 "rendition {n}: height {} must be even and within 16..=4320",
                 self.height
             ));
         }
         if let Some(w) = self.width {
-            if !(16..=7680).contains(&w) || w % 2 != 0 {
+            if !(16..=7680).contains(&w) || !w.is_multiple_of(2) {
                 p.push(format!(
                     "rendition {n}: width {w} must be even and within 16..=7680"
                 ));
@@ -384,7 +384,10 @@ fn check_url(field: &str, raw: &str, p: &mut Vec<String>) {
         ));
     }
     // Url::parse normalises dot segments away, so look at the raw text.
-    if raw.split(['/', '\\']).any(|s| s == ".." || s == "%2e%2e" || s == "%2E%2E") {
+    if raw
+        .split(['/', '\\'])
+        .any(|s| s == ".." || s == "%2e%2e" || s == "%2E%2E")
+    {
         p.push(format!("{field} must not contain '..' segments"));
     }
 }
@@ -404,30 +407,67 @@ mod tests {
 
     #[test]
     fn minimal_spec_defaults_both_formats() {
-        let s = spec(r#"{"source":"file:///a/b.mp4","output":"file:///o/","renditions":["h264-720p"]}"#).unwrap();
+        let s = spec(
+            r#"{"source":"file:///a/b.mp4","output":"file:///o/","renditions":["h264-720p"]}"#,
+        )
+        .unwrap();
         assert_eq!(s.formats, vec![OutputFormat::Mp4, OutputFormat::Hls]);
         assert_eq!(s.resolved_renditions().unwrap()[0].height, 720);
     }
 
     #[test]
     fn ladder_expands_to_four() {
-        let s = spec(r#"{"source":"file:///a.mp4","output":"file:///o/","renditions":["hls-ladder"]}"#).unwrap();
-        let names: Vec<_> = s.resolved_renditions().unwrap().into_iter().map(|r| r.height).collect();
+        let s =
+            spec(r#"{"source":"file:///a.mp4","output":"file:///o/","renditions":["hls-ladder"]}"#)
+                .unwrap();
+        let names: Vec<_> = s
+            .resolved_renditions()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.height)
+            .collect();
         assert_eq!(names, vec![1080, 720, 480, 360]);
     }
 
     #[test]
     fn rejections_name_the_problem() {
         let cases = [
-            (r#"{"source":"file:///a","output":"file:///o/","renditions":["h264-720p"],"colour":"red"}"#, "unknown field `colour`"),
-            (r#"{"id":"a b","source":"file:///a","output":"file:///o/","renditions":["h264-720p"]}"#, "id \"a b\""),
-            (r#"{"source":"file:///a/../etc/passwd","output":"file:///o/","renditions":["h264-720p"]}"#, "'..'"),
-            (r#"{"source":"http://x/a.mp4","output":"file:///o/","renditions":["h264-720p"]}"#, "scheme \"http\""),
-            (r#"{"source":"file:///a","output":"file:///o/","renditions":["h264-9k"]}"#, "unknown preset"),
-            (r#"{"source":"file:///a","output":"file:///o/","renditions":[]}"#, "at least one"),
-            (r#"{"source":"file:///a","output":"file:///o/","renditions":[{"name":"x","height":721,"crf":60}]}"#, "height 721"),
-            (r#"{"source":"file:///a","output":"file:///o/","renditions":["h264-720p"],"segment_seconds":0.5}"#, "segment_seconds"),
-            (r#"{"source":"file:///a","output":"file:///o/","renditions":["h264-720p","h264-720p"]}"#, "used twice"),
+            (
+                r#"{"source":"file:///a","output":"file:///o/","renditions":["h264-720p"],"colour":"red"}"#,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"id":"a b","source":"file:///a","output":"file:///o/","renditions":["h264-720p"]}"#,
+                "id \"a b\"",
+            ),
+            (
+                r#"{"source":"file:///a/../etc/passwd","output":"file:///o/","renditions":["h264-720p"]}"#,
+                "'..'",
+            ),
+            (
+                r#"{"source":"http://x/a.mp4","output":"file:///o/","renditions":["h264-720p"]}"#,
+                "scheme \"http\"",
+            ),
+            (
+                r#"{"source":"file:///a","output":"file:///o/","renditions":["h264-9k"]}"#,
+                "unknown preset",
+            ),
+            (
+                r#"{"source":"file:///a","output":"file:///o/","renditions":[]}"#,
+                "at least one",
+            ),
+            (
+                r#"{"source":"file:///a","output":"file:///o/","renditions":[{"name":"x","height":721,"crf":60}]}"#,
+                "height 721",
+            ),
+            (
+                r#"{"source":"file:///a","output":"file:///o/","renditions":["h264-720p"],"segment_seconds":0.5}"#,
+                "segment_seconds",
+            ),
+            (
+                r#"{"source":"file:///a","output":"file:///o/","renditions":["h264-720p","h264-720p"]}"#,
+                "used twice",
+            ),
         ];
         for (json, want) in cases {
             let err = spec(json).unwrap_err().to_string();
@@ -439,10 +479,16 @@ mod tests {
     #[test]
     fn too_many_renditions_and_oversize() {
         let many = vec!["\"h264-720p\""; 10_000].join(",");
-        let err = spec(&format!(r#"{{"source":"file:///a","output":"file:///o/","renditions":[{many}]}}"#)).unwrap_err();
+        let err = spec(&format!(
+            r#"{{"source":"file:///a","output":"file:///o/","renditions":[{many}]}}"#
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("limit"), "{err}");
         let big = "x".repeat(MAX_SPEC_BYTES);
-        let err = spec(&format!(r#"{{"source":"file:///{big}","output":"file:///o/","renditions":["h264-720p"]}}"#)).unwrap_err();
+        let err = spec(&format!(
+            r#"{{"source":"file:///{big}","output":"file:///o/","renditions":["h264-720p"]}}"#
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("bytes, limit"), "{err}");
     }
 

@@ -51,7 +51,10 @@ impl Ledger {
         match entry {
             Some(e) if e.operation == kv::Operation::Put => {
                 let rec = serde_json::from_slice(&e.value).map_err(|err| {
-                    Error::new(ErrorKind::Decode, format!("job record {id} unreadable: {err}"))
+                    Error::new(
+                        ErrorKind::Decode,
+                        format!("job record {id} unreadable: {err}"),
+                    )
                 })?;
                 Ok(Some((rec, e.revision)))
             }
@@ -77,9 +80,10 @@ impl Ledger {
         mut change: impl FnMut(&mut JobRecord) -> bool,
     ) -> Result<JobRecord> {
         for _ in 0..32 {
-            let (mut rec, rev) = self.record(id).await?.ok_or_else(|| {
-                Error::new(ErrorKind::NotFound, format!("job {id} not found"))
-            })?;
+            let (mut rec, rev) = self
+                .record(id)
+                .await?
+                .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("job {id} not found")))?;
             if !change(&mut rec) {
                 return Ok(rec);
             }

@@ -23,7 +23,11 @@ pub const LABEL_OUTCOME: &str = "outcome";
 /// Describe every metric once, so /metrics carries HELP lines.
 pub fn describe() {
     metrics::describe_counter!(TASKS_TOTAL, "Tasks finished by kind and outcome");
-    metrics::describe_histogram!(TASK_SECONDS, metrics::Unit::Seconds, "Task run time by kind");
+    metrics::describe_histogram!(
+        TASK_SECONDS,
+        metrics::Unit::Seconds,
+        "Task run time by kind"
+    );
     metrics::describe_counter!(FRAMES_ENCODED, "Video frames encoded");
     metrics::describe_gauge!(SLOTS, "Task slots of this worker");
     metrics::describe_gauge!(SLOTS_BUSY, "Task slots in use");

@@ -204,7 +204,10 @@ mod tests {
     }
 
     fn ranges(p: &Plan) -> Vec<(u64, u64)> {
-        p.segments.iter().map(|s| (s.start_frame, s.end_frame)).collect()
+        p.segments
+            .iter()
+            .map(|s| (s.start_frame, s.end_frame))
+            .collect()
     }
 
     fn opts(target: f64) -> PlanOptions {
@@ -218,17 +221,68 @@ mod tests {
     fn table() {
         // (frames, fps, keyframes, target s, expected ranges)
         let every = |n: u64, gop: u64| (0..n).step_by(gop as usize).collect::<Vec<_>>();
-        let cases: Vec<(&str, SourceFacts, f64, Vec<(u64, u64)>)> = vec![
-            ("exact multiple, all-intra", facts(1000, 25, 1, every(1000, 1)), 10.0, vec![(0, 250), (250, 500), (500, 750), (750, 1000)]),
-            ("shorter than one segment", facts(100, 25, 1, vec![0]), 10.0, vec![(0, 100)]),
-            ("single keyframe: even cuts", facts(1000, 25, 1, vec![0]), 10.0, vec![(0, 250), (250, 500), (500, 750), (750, 1000)]),
-            ("gop 48: snaps only within slack", facts(1000, 25, 1, every(1000, 48)), 10.0, vec![(0, 240), (240, 500), (500, 750), (750, 1000)]),
-            ("gop 50: every cut on a keyframe", facts(1000, 25, 1, every(1000, 50)), 10.0, vec![(0, 250), (250, 500), (500, 750), (750, 1000)]),
-            ("gop 40 offset: nearest keyframe", facts(1000, 25, 1, (0..1000).step_by(40).collect()), 10.0, vec![(0, 240), (240, 500), (500, 760), (760, 1000)]),
-            ("gop 300 too far: even", facts(1000, 25, 1, every(1000, 300)), 10.0, vec![(0, 250), (250, 500), (500, 750), (750, 1000)]),
-            ("29.97 rounding", facts(900, 30000, 1001, vec![0]), 10.0, vec![(0, 300), (300, 600), (600, 900)]),
-            ("remainder spread", facts(1010, 25, 1, vec![0]), 10.0, vec![(0, 253), (253, 505), (505, 758), (758, 1010)]),
-            ("floor stops tiny segments", facts(125, 25, 1, vec![0]), 2.0, vec![(0, 63), (63, 125)]),
+        type Case = (&'static str, SourceFacts, f64, Vec<(u64, u64)>);
+        let cases: Vec<Case> = vec![
+            (
+                "exact multiple, all-intra",
+                facts(1000, 25, 1, every(1000, 1)),
+                10.0,
+                vec![(0, 250), (250, 500), (500, 750), (750, 1000)],
+            ),
+            (
+                "shorter than one segment",
+                facts(100, 25, 1, vec![0]),
+                10.0,
+                vec![(0, 100)],
+            ),
+            (
+                "single keyframe: even cuts",
+                facts(1000, 25, 1, vec![0]),
+                10.0,
+                vec![(0, 250), (250, 500), (500, 750), (750, 1000)],
+            ),
+            (
+                "gop 48: snaps only within slack",
+                facts(1000, 25, 1, every(1000, 48)),
+                10.0,
+                vec![(0, 240), (240, 500), (500, 750), (750, 1000)],
+            ),
+            (
+                "gop 50: every cut on a keyframe",
+                facts(1000, 25, 1, every(1000, 50)),
+                10.0,
+                vec![(0, 250), (250, 500), (500, 750), (750, 1000)],
+            ),
+            (
+                "gop 40 offset: nearest keyframe",
+                facts(1000, 25, 1, (0..1000).step_by(40).collect()),
+                10.0,
+                vec![(0, 240), (240, 500), (500, 760), (760, 1000)],
+            ),
+            (
+                "gop 300 too far: even",
+                facts(1000, 25, 1, every(1000, 300)),
+                10.0,
+                vec![(0, 250), (250, 500), (500, 750), (750, 1000)],
+            ),
+            (
+                "29.97 rounding",
+                facts(900, 30000, 1001, vec![0]),
+                10.0,
+                vec![(0, 300), (300, 600), (600, 900)],
+            ),
+            (
+                "remainder spread",
+                facts(1010, 25, 1, vec![0]),
+                10.0,
+                vec![(0, 253), (253, 505), (505, 758), (758, 1010)],
+            ),
+            (
+                "floor stops tiny segments",
+                facts(125, 25, 1, vec![0]),
+                2.0,
+                vec![(0, 63), (63, 125)],
+            ),
         ];
         for (name, f, target, want) in cases {
             let p = plan(&f, &opts(target)).unwrap();
@@ -253,7 +307,10 @@ mod tests {
                     for s in &p.segments {
                         assert!(s.frames() > 0);
                         let dev = (s.frames() as f64 - ideal).abs() / ideal;
-                        assert!(dev <= 0.10 + 1.0 / ideal, "{frames}/{gop}/{target}: {s:?} dev {dev}");
+                        assert!(
+                            dev <= 0.10 + 1.0 / ideal,
+                            "{frames}/{gop}/{target}: {s:?} dev {dev}"
+                        );
                     }
                 }
             }
@@ -269,6 +326,9 @@ mod tests {
 
     #[test]
     fn no_frames_is_an_error() {
-        assert_eq!(plan(&facts(0, 25, 1, vec![]), &opts(10.0)), Err(PlanError::NoFrames));
+        assert_eq!(
+            plan(&facts(0, 25, 1, vec![]), &opts(10.0)),
+            Err(PlanError::NoFrames)
+        );
     }
 }

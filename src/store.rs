@@ -137,24 +137,44 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("in.mp4"), b"x").unwrap();
         std::fs::write(other.path().join("secret.mp4"), b"x").unwrap();
-        std::os::unix::fs::symlink(other.path().join("secret.mp4"), root.path().join("link.mp4")).unwrap();
+        std::os::unix::fs::symlink(
+            other.path().join("secret.mp4"),
+            root.path().join("link.mp4"),
+        )
+        .unwrap();
         let roots = FileRoots::new(&[root.path().to_path_buf()]).unwrap();
         let url = |p: &Path| format!("file://{}", p.display());
 
         assert!(roots.source_path(&url(&root.path().join("in.mp4"))).is_ok());
-        let e = roots.source_path(&url(&other.path().join("secret.mp4"))).unwrap_err();
+        let e = roots
+            .source_path(&url(&other.path().join("secret.mp4")))
+            .unwrap_err();
         assert!(e.to_string().contains("outside"), "{e}");
-        let e = roots.source_path(&url(&root.path().join("link.mp4"))).unwrap_err();
+        let e = roots
+            .source_path(&url(&root.path().join("link.mp4")))
+            .unwrap_err();
         assert!(e.to_string().contains("outside"), "symlink escape: {e}");
-        let e = roots.source_path(&format!("{}/../x", url(root.path()))).unwrap_err();
-        assert!(e.to_string().contains("outside") || e.to_string().contains(".."), "{e}");
+        let e = roots
+            .source_path(&format!("{}/../x", url(root.path())))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("outside") || e.to_string().contains(".."),
+            "{e}"
+        );
         let e = roots.source_path("s3://bucket/x.mp4").unwrap_err();
         assert!(e.to_string().contains("scheme"), "{e}");
 
-        let out = roots.output_dir(&url(&root.path().join("out/job1/"))).unwrap();
+        let out = roots
+            .output_dir(&url(&root.path().join("out/job1/")))
+            .unwrap();
         assert!(out.is_dir());
-        let e = roots.output_dir(&url(&other.path().join("out/"))).unwrap_err();
+        let e = roots
+            .output_dir(&url(&other.path().join("out/")))
+            .unwrap_err();
         assert!(e.to_string().contains("outside"), "{e}");
-        assert!(!other.path().join("out").exists(), "nothing created outside roots");
+        assert!(
+            !other.path().join("out").exists(),
+            "nothing created outside roots"
+        );
     }
 }

@@ -59,7 +59,9 @@ pub fn stream_configs() -> Vec<stream::Config> {
         },
         stream::Config {
             name: DEAD_STREAM.into(),
-            description: Some("Advisories of tasks that exhausted deliveries or were terminated".into()),
+            description: Some(
+                "Advisories of tasks that exhausted deliveries or were terminated".into(),
+            ),
             subjects: dead_letter_subjects(),
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
@@ -159,7 +161,10 @@ pub async fn apply(js: &jetstream::Context) -> Result<Vec<Applied>> {
         done.push(Applied { name, created });
     }
     for (stream_name, cfg) in consumer_configs() {
-        let name = format!("{stream_name}/{}", cfg.durable_name.clone().unwrap_or_default());
+        let name = format!(
+            "{stream_name}/{}",
+            cfg.durable_name.clone().unwrap_or_default()
+        );
         let durable = cfg.durable_name.clone().unwrap_or_default();
         let exists = js
             .get_consumer_from_stream::<consumer::pull::Config, _, _>(&durable, stream_name)
@@ -213,9 +218,6 @@ pub fn config_files() -> Vec<(String, serde_json::Value)> {
         let durable = cfg.durable_name.clone().unwrap_or_default();
         out.push((format!("{stream_name}.{durable}.consumer.json"), v));
     }
-    out.push((
-        "jobspec.schema.json".into(),
-        crate::job::json_schema(),
-    ));
+    out.push(("jobspec.schema.json".into(), crate::job::json_schema()));
     out
 }

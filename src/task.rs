@@ -102,7 +102,10 @@ pub enum ChildLine {
     /// Frames (or, for audio, milliseconds) done so far.
     Progress { done: u64, total: u64, fps: f64 },
     /// Finished; `frames` produced (video) and a free-form summary.
-    Done { frames: u64, summary: serde_json::Value },
+    Done {
+        frames: u64,
+        summary: serde_json::Value,
+    },
     /// Failed; `permanent` means retrying cannot help (bad media).
     Failed { reason: String, permanent: bool },
 }

@@ -18,13 +18,23 @@ fn spec(id: Option<&str>) -> JobSpec {
 }
 
 async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
-    js.get_stream(name).await.unwrap().info().await.unwrap().state.messages
+    js.get_stream(name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
 }
 
 #[tokio::test]
 async fn apply_is_idempotent_and_matches_server() {
     let server = NatsServer::start();
-    let nc = jetcode::ConnectOptions::new(server.url()).connect().await.unwrap();
+    let nc = jetcode::ConnectOptions::new(server.url())
+        .connect()
+        .await
+        .unwrap();
     let js = jetstream::new(nc);
     let first = streams::apply(&js).await.unwrap();
     assert!(first.iter().all(|a| a.created), "{first:?}");
@@ -32,7 +42,15 @@ async fn apply_is_idempotent_and_matches_server() {
     assert!(second.iter().all(|a| !a.created), "{second:?}");
     assert_eq!(first.len(), second.len());
     for want in streams::stream_configs() {
-        let got = js.get_stream(&want.name).await.unwrap().info().await.unwrap().config.clone();
+        let got = js
+            .get_stream(&want.name)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .config
+            .clone();
         assert_eq!(got.subjects, want.subjects, "{}", want.name);
         assert_eq!(got.retention, want.retention, "{}", want.name);
         assert_eq!(got.storage, want.storage, "{}", want.name);
@@ -59,7 +77,12 @@ fn stream_json_files_equal_code() {
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("{}: {e} (run `just streams-json`)", path.display()));
         let got: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(got, want, "{} is stale: run `just streams-json`", path.display());
+        assert_eq!(
+            got,
+            want,
+            "{} is stale: run `just streams-json`",
+            path.display()
+        );
     }
 }
 
@@ -67,7 +90,10 @@ fn stream_json_files_equal_code() {
 async fn refuses_server_without_jetstream() {
     // A plain server (no -js) must be refused with a clear one-line reason.
     let server = NatsServer::start_plain();
-    let err = jetcode::ConnectOptions::new(server.url()).connect().await.unwrap_err();
+    let err = jetcode::ConnectOptions::new(server.url())
+        .connect()
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ServerUnsupported);
     assert!(err.to_string().contains("JetStream"), "{err}");
 }
@@ -83,7 +109,11 @@ async fn submit_dedupes_by_id_and_names_anonymous_jobs() {
     assert_eq!(id.0, "trailer-42");
     let again = client.submit(&spec(Some("trailer-42"))).await.unwrap();
     assert_eq!(again.0, "trailer-42");
-    assert_eq!(stream_messages(&js, subjects::JOBS_STREAM).await, 1, "duplicate submit stored twice");
+    assert_eq!(
+        stream_messages(&js, subjects::JOBS_STREAM).await,
+        1,
+        "duplicate submit stored twice"
+    );
 
     let anon = client.submit(&spec(None)).await.unwrap();
     assert_eq!(anon.0, "job-2");
@@ -114,7 +144,11 @@ async fn invalid_specs_are_refused_client_side() {
         assert!(err.to_string().contains(want), "{err}");
         assert!(!err.to_string().contains('\n'));
     }
-    assert_eq!(stream_messages(&js, subjects::JOBS_STREAM).await, 0, "nothing published");
+    assert_eq!(
+        stream_messages(&js, subjects::JOBS_STREAM).await,
+        0,
+        "nothing published"
+    );
 }
 
 #[tokio::test]
@@ -124,7 +158,10 @@ async fn status_of_unknown_job_is_not_found() {
     let client = Client::from_nats(nc).await.unwrap();
     let err = client.status("nope").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
-    let err = client.wait("nope", Some(Duration::from_millis(300))).await.unwrap_err();
+    let err = client
+        .wait("nope", Some(Duration::from_millis(300)))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
 }
 
@@ -132,8 +169,16 @@ async fn status_of_unknown_job_is_not_found() {
 fn cli_errors_are_one_line_and_nonzero() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("job.json");
-    std::fs::write(&f, r#"{"source":"file:///a","output":"file:///o/","renditions":["h264-720p"],"bogus":1}"#).unwrap();
-    let out = std::process::Command::new(jetcode_bin()).arg("validate").arg(&f).output().unwrap();
+    std::fs::write(
+        &f,
+        r#"{"source":"file:///a","output":"file:///o/","renditions":["h264-720p"],"bogus":1}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(jetcode_bin())
+        .arg("validate")
+        .arg(&f)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -146,4 +191,25 @@ fn cli_errors_are_one_line_and_nonzero() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[tokio::test]
+async fn auth_options_reach_the_server() {
+    let server = NatsServer::start_with(&["--user", "producer", "--pass", "s3cret"]);
+    let mut opts = jetcode::ConnectOptions::new(server.url());
+    let err = opts.connect().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+    opts.user = Some("producer".into());
+    opts.password = Some("s3cret".into());
+    opts.connect().await.expect("user/password accepted");
+
+    let server = NatsServer::start_with(&["--auth", "tok-123"]);
+    let mut opts = jetcode::ConnectOptions::new(server.url());
+    opts.token = Some("tok-123".into());
+    opts.connect().await.expect("token accepted");
+
+    let mut opts = jetcode::ConnectOptions::new(server.url());
+    opts.creds = Some("/nonexistent/x.creds".into());
+    let err = opts.connect().await.unwrap_err();
+    assert!(err.to_string().contains("creds"), "{err}");
 }

@@ -21,7 +21,11 @@ impl Fixture {
         let server = NatsServer::start();
         let nc = connect_applied(&server).await;
         let client = Client::from_nats(nc).await.unwrap();
-        Fixture { server, client, root: tempfile::tempdir().unwrap() }
+        Fixture {
+            server,
+            client,
+            root: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn root(&self) -> &Path {
@@ -57,7 +61,9 @@ impl Fixture {
     async fn events(&self, id: &str) -> Vec<Event> {
         let mut evs = Box::pin(self.client.watch(id).await.unwrap());
         let mut out = Vec::new();
-        while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_millis(500), evs.next()).await {
+        while let Ok(Some(Ok(e))) =
+            tokio::time::timeout(Duration::from_millis(500), evs.next()).await
+        {
             out.push(e);
         }
         out
@@ -114,13 +120,29 @@ async fn two_workers_complete_a_two_rendition_job_once_each() {
     let src = f.clip("in.mp4", 16.0, 320, 240);
     let _a = f.worker("wa", &[]);
     let _b = f.worker("wb", &[]);
-    let spec = f.spec("two", &src, serde_json::json!([small("r240", 240, "veryfast"), small("r120", 120, "veryfast")]), 4.0);
+    let spec = f.spec(
+        "two",
+        &src,
+        serde_json::json!([
+            small("r240", 240, "veryfast"),
+            small("r120", 120, "veryfast")
+        ]),
+        4.0,
+    );
     let id = f.client.submit(&spec).await.unwrap();
     wait_for(Duration::from_secs(30), "two live workers", || async {
-        f.client.workers().await.map(|w| w.len() == 2).unwrap_or(false)
+        f.client
+            .workers()
+            .await
+            .map(|w| w.len() == 2)
+            .unwrap_or(false)
     })
     .await;
-    let rec = f.client.wait(&id.0, Some(Duration::from_secs(240))).await.unwrap();
+    let rec = f
+        .client
+        .wait(&id.0, Some(Duration::from_secs(240)))
+        .await
+        .unwrap();
     assert_eq!(rec.state, JobState::Done);
     let plan = rec.plan.unwrap();
     assert!(plan.segments.len() >= 4, "{} segments", plan.segments.len());
@@ -128,8 +150,15 @@ async fn two_workers_complete_a_two_rendition_job_once_each() {
 
     let evs = f.events("two").await;
     let done = task_done_counts(&evs);
-    assert_eq!(done.len() as u32, rec.tasks_total + 1, "every task (and the stitch) done: {done:?}");
-    assert!(done.values().all(|&n| n == 1), "a task was done twice: {done:?}");
+    assert_eq!(
+        done.len() as u32,
+        rec.tasks_total + 1,
+        "every task (and the stitch) done: {done:?}"
+    );
+    assert!(
+        done.values().all(|&n| n == 1),
+        "a task was done twice: {done:?}"
+    );
     let checkpoints = f.client.ledger().done_tasks("two").await.unwrap();
     assert_eq!(checkpoints.len() as u32, rec.tasks_total + 1);
     let workers: HashSet<_> = evs
@@ -139,7 +168,11 @@ async fn two_workers_complete_a_two_rendition_job_once_each() {
             _ => None,
         })
         .collect();
-    assert_eq!(workers.len(), 2, "work spread over both workers: {workers:?}");
+    assert_eq!(
+        workers.len(),
+        2,
+        "work spread over both workers: {workers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -147,28 +180,55 @@ async fn killed_worker_task_is_redelivered_and_job_completes() {
     let f = Fixture::new().await;
     let src = f.clip("in.mp4", 12.0, 640, 360);
     let mut a = f.worker("victim", &[]);
-    let spec = f.spec("kill9", &src, serde_json::json!([small("r360", 360, "medium")]), 6.0);
+    let spec = f.spec(
+        "kill9",
+        &src,
+        serde_json::json!([small("r360", 360, "medium")]),
+        6.0,
+    );
     f.client.submit(&spec).await.unwrap();
     let started = f
-        .wait_event("kill9", "a segment started on the victim", |k| {
-            matches!(k, EventKind::TaskStarted { task, .. } if task.starts_with("seg-"))
-        })
+        .wait_event(
+            "kill9",
+            "a segment started on the victim",
+            |k| matches!(k, EventKind::TaskStarted { task, .. } if task.starts_with("seg-")),
+        )
         .await;
-    let EventKind::TaskStarted { task: victim_task, .. } = started.kind else { unreachable!() };
+    let EventKind::TaskStarted {
+        task: victim_task, ..
+    } = started.kind
+    else {
+        unreachable!()
+    };
     a.signal(libc::SIGKILL);
     a.wait_exit(Duration::from_secs(10));
     let _b = f.worker("rescuer", &[]);
-    let rec = f.client.wait("kill9", Some(Duration::from_secs(240))).await.unwrap();
+    let rec = f
+        .client
+        .wait("kill9", Some(Duration::from_secs(240)))
+        .await
+        .unwrap();
     assert_eq!(rec.state, JobState::Done);
     assert_outputs(&f.out("kill9"), &src, &["r360"]);
     let evs = f.events("kill9").await;
     let done = task_done_counts(&evs);
-    assert!(done.values().all(|&n| n == 1), "duplicate completion: {done:?}");
-    let rescued = evs.iter().any(|e| matches!(&e.kind,
-        EventKind::TaskDone { task, worker, .. } if *task == victim_task && worker == "rescuer"));
+    assert!(
+        done.values().all(|&n| n == 1),
+        "duplicate completion: {done:?}"
+    );
+    let rescued = evs.iter().any(|e| {
+        matches!(&e.kind,
+        EventKind::TaskDone { task, worker, .. } if *task == victim_task && worker == "rescuer")
+    });
     assert!(rescued, "{victim_task} was redelivered to the rescuer");
-    let parts = std::fs::read_dir(f.out("kill9").join("parts/r360")).unwrap().count();
-    assert_eq!(parts, rec.plan.unwrap().segments.len(), "no stray partial files");
+    let parts = std::fs::read_dir(f.out("kill9").join("parts/r360"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        parts,
+        rec.plan.unwrap().segments.len(),
+        "no stray partial files"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -176,16 +236,30 @@ async fn sigterm_hands_in_flight_work_back_at_once() {
     let f = Fixture::new().await;
     let src = f.clip("in.mp4", 12.0, 640, 360);
     let mut a = f.worker("leaver", &["--drain-timeout", "0"]);
-    let spec = f.spec("term", &src, serde_json::json!([small("r360", 360, "medium")]), 6.0);
+    let spec = f.spec(
+        "term",
+        &src,
+        serde_json::json!([small("r360", 360, "medium")]),
+        6.0,
+    );
     f.client.submit(&spec).await.unwrap();
     let started = f
-        .wait_event("term", "a segment started", |k| matches!(k, EventKind::TaskStarted { task, .. } if task.starts_with("seg-")))
+        .wait_event(
+            "term",
+            "a segment started",
+            |k| matches!(k, EventKind::TaskStarted { task, .. } if task.starts_with("seg-")),
+        )
         .await;
-    let EventKind::TaskStarted { task, .. } = started.kind else { unreachable!() };
+    let EventKind::TaskStarted { task, .. } = started.kind else {
+        unreachable!()
+    };
     a.signal(libc::SIGTERM);
     let status = a.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "drained worker exits 0: {status:?}");
-    assert!(f.client.workers().await.unwrap().is_empty(), "heartbeat deleted on exit");
+    assert!(
+        f.client.workers().await.unwrap().is_empty(),
+        "heartbeat deleted on exit"
+    );
     let _b = f.worker("taker", &[]);
     // Handed back with a nak, so it comes again well before ack_wait (30 s).
     let t = task.clone();
@@ -197,7 +271,11 @@ async fn sigterm_hands_in_flight_work_back_at_once() {
     )
     .await;
     assert!(again.is_ok(), "{task} not handed back promptly");
-    let rec = f.client.wait("term", Some(Duration::from_secs(240))).await.unwrap();
+    let rec = f
+        .client
+        .wait("term", Some(Duration::from_secs(240)))
+        .await
+        .unwrap();
     assert_eq!(rec.state, JobState::Done);
 }
 
@@ -207,15 +285,32 @@ async fn stalled_child_is_killed_and_retried() {
     let src = f.clip("in.mp4", 6.0, 320, 240);
     let marker = f.root().join("stalled-once");
     let failpoint = format!("segment:{}", marker.display());
-    let _w = WorkerProc::start(&f.server.url(), "w", f.root(), &["--stall-timeout", "2"], &[("JETCODE_FAILPOINT_STALL_ONCE", &failpoint)]);
-    let spec = f.spec("stall", &src, serde_json::json!([small("r120", 120, "veryfast")]), 3.0);
+    let _w = WorkerProc::start(
+        &f.server.url(),
+        "w",
+        f.root(),
+        &["--stall-timeout", "2"],
+        &[("JETCODE_FAILPOINT_STALL_ONCE", &failpoint)],
+    );
+    let spec = f.spec(
+        "stall",
+        &src,
+        serde_json::json!([small("r120", 120, "veryfast")]),
+        3.0,
+    );
     f.client.submit(&spec).await.unwrap();
-    let rec = f.client.wait("stall", Some(Duration::from_secs(180))).await.unwrap();
+    let rec = f
+        .client
+        .wait("stall", Some(Duration::from_secs(180)))
+        .await
+        .unwrap();
     assert_eq!(rec.state, JobState::Done);
     assert!(marker.exists(), "the failpoint fired");
     let evs = f.events("stall").await;
     assert!(
-        evs.iter().any(|e| matches!(&e.kind, EventKind::Retried { reason, .. } if reason.contains("stalled"))),
+        evs.iter().any(
+            |e| matches!(&e.kind, EventKind::Retried { reason, .. } if reason.contains("stalled"))
+        ),
         "a retry for the stall was recorded"
     );
     assert_outputs(&f.out("stall"), &src, &["r120"]);
@@ -228,20 +323,49 @@ async fn bad_input_fails_its_job_with_a_reason_and_others_flow() {
     // Not media at all.
     let junk = f.root().join("junk.mp4");
     std::fs::write(&junk, vec![0x42u8; 100_000]).unwrap();
-    f.client.submit(&f.spec("junk", &junk, serde_json::json!(["h264-240p"]), 4.0)).await.unwrap();
+    f.client
+        .submit(&f.spec("junk", &junk, serde_json::json!(["h264-240p"]), 4.0))
+        .await
+        .unwrap();
     // Raw publishes the client would refuse: the planner records why.
     let nc = f.client.nats();
     nc.request(jetcode::subjects::JOBS_SUBMIT, r#"{"id":"unknown-field","source":"file:///x","output":"file:///y/","renditions":["h264-240p"],"bogus":1}"#.into()).await.unwrap();
     nc.request(jetcode::subjects::JOBS_SUBMIT, r#"{"id":"escape","source":"file:///etc/passwd","output":"file:///tmp/o/","renditions":["h264-240p"]}"#.into()).await.unwrap();
-    let big = format!(r#"{{"id":"huge","source":"file:///{}","output":"file:///o/","renditions":["h264-240p"]}}"#, "a".repeat(70_000));
-    nc.request(jetcode::subjects::JOBS_SUBMIT, big.into()).await.unwrap();
+    let big = format!(
+        r#"{{"id":"huge","source":"file:///{}","output":"file:///o/","renditions":["h264-240p"]}}"#,
+        "a".repeat(70_000)
+    );
+    nc.request(jetcode::subjects::JOBS_SUBMIT, big.into())
+        .await
+        .unwrap();
     // A good job behind them still completes.
     let src = f.clip("in.mp4", 4.0, 320, 240);
-    f.client.submit(&f.spec("good", &src, serde_json::json!([small("r120", 120, "veryfast")]), 2.0)).await.unwrap();
-    let rec = f.client.wait("good", Some(Duration::from_secs(180))).await.unwrap();
+    f.client
+        .submit(&f.spec(
+            "good",
+            &src,
+            serde_json::json!([small("r120", 120, "veryfast")]),
+            2.0,
+        ))
+        .await
+        .unwrap();
+    let rec = f
+        .client
+        .wait("good", Some(Duration::from_secs(180)))
+        .await
+        .unwrap();
     assert_eq!(rec.state, JobState::Done);
-    for (id, want) in [("junk", "cannot read source"), ("unknown-field", "unknown field `bogus`"), ("escape", "outside"), ("huge", "limit")] {
-        let err = f.client.wait(id, Some(Duration::from_secs(60))).await.unwrap_err();
+    for (id, want) in [
+        ("junk", "cannot read source"),
+        ("unknown-field", "unknown field `bogus`"),
+        ("escape", "outside"),
+        ("huge", "limit"),
+    ] {
+        let err = f
+            .client
+            .wait(id, Some(Duration::from_secs(60)))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), jetcode::ErrorKind::JobFailed, "{id}: {err}");
         let rec = f.client.status(id).await.unwrap();
         let reason = rec.error.unwrap_or_default();
@@ -255,29 +379,65 @@ async fn stopped_job_resumes_without_reencoding_checkpointed_parts() {
     let f = Fixture::new().await;
     let src = f.clip("in.mp4", 16.0, 320, 240);
     let mut a = f.worker("first", &[]);
-    f.client.submit(&f.spec("resume", &src, serde_json::json!([small("r240", 240, "medium")]), 2.0)).await.unwrap();
+    f.client
+        .submit(&f.spec(
+            "resume",
+            &src,
+            serde_json::json!([small("r240", 240, "medium")]),
+            2.0,
+        ))
+        .await
+        .unwrap();
     wait_for(Duration::from_secs(120), "two checkpoints", || async {
-        f.client.ledger().done_tasks("resume").await.map(|t| t.len() >= 2).unwrap_or(false)
+        f.client
+            .ledger()
+            .done_tasks("resume")
+            .await
+            .map(|t| t.len() >= 2)
+            .unwrap_or(false)
     })
     .await;
     a.signal(libc::SIGKILL);
     a.wait_exit(Duration::from_secs(10));
-    let before: HashSet<String> = f.client.ledger().done_tasks("resume").await.unwrap().into_iter().collect();
-    let mtimes: HashMap<String, std::time::SystemTime> = std::fs::read_dir(f.out("resume").join("parts/r240"))
+    let before: HashSet<String> = f
+        .client
+        .ledger()
+        .done_tasks("resume")
+        .await
         .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".ts") && !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().modified().unwrap()))
+        .into_iter()
         .collect();
+    let mtimes: HashMap<String, std::time::SystemTime> =
+        std::fs::read_dir(f.out("resume").join("parts/r240"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name().to_string_lossy().ends_with(".ts")
+                    && !e.file_name().to_string_lossy().starts_with('.')
+            })
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().modified().unwrap(),
+                )
+            })
+            .collect();
     let _b = f.worker("second", &[]);
-    let rec = f.client.wait("resume", Some(Duration::from_secs(240))).await.unwrap();
+    let rec = f
+        .client
+        .wait("resume", Some(Duration::from_secs(240)))
+        .await
+        .unwrap();
     assert_eq!(rec.state, JobState::Done);
     let done = task_done_counts(&f.events("resume").await);
     for t in &before {
         assert_eq!(done.get(t), Some(&1), "{t} was encoded again");
     }
     for (name, t) in mtimes {
-        let now = std::fs::metadata(f.out("resume").join("parts/r240").join(&name)).unwrap().modified().unwrap();
+        let now = std::fs::metadata(f.out("resume").join("parts/r240").join(&name))
+            .unwrap()
+            .modified()
+            .unwrap();
         assert_eq!(now, t, "{name} rewritten");
     }
     assert_outputs(&f.out("resume"), &src, &["r240"]);
@@ -288,17 +448,91 @@ async fn cancel_stops_work_within_seconds() {
     let f = Fixture::new().await;
     let src = f.clip("in.mp4", 20.0, 640, 360);
     let _w = f.worker("w", &[]);
-    f.client.submit(&f.spec("cancel", &src, serde_json::json!([small("r360", 360, "slow")]), 10.0)).await.unwrap();
-    f.wait_event("cancel", "a segment started", |k| matches!(k, EventKind::TaskStarted { task, .. } if task.starts_with("seg-"))).await;
+    f.client
+        .submit(&f.spec(
+            "cancel",
+            &src,
+            serde_json::json!([small("r360", 360, "slow")]),
+            10.0,
+        ))
+        .await
+        .unwrap();
+    f.wait_event(
+        "cancel",
+        "a segment started",
+        |k| matches!(k, EventKind::TaskStarted { task, .. } if task.starts_with("seg-")),
+    )
+    .await;
     let rec = f.client.cancel("cancel").await.unwrap();
     assert_eq!(rec.state, JobState::Cancelled);
-    wait_for(Duration::from_secs(10), "worker idle after cancel", || async {
-        f.client.workers().await.map(|ws| ws.iter().all(|w| w.busy == 0)).unwrap_or(false)
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "worker idle after cancel",
+        || async {
+            f.client
+                .workers()
+                .await
+                .map(|ws| ws.iter().all(|w| w.busy == 0))
+                .unwrap_or(false)
+        },
+    )
     .await;
-    let err = f.client.wait("cancel", Some(Duration::from_secs(5))).await.unwrap_err();
+    let err = f
+        .client
+        .wait("cancel", Some(Duration::from_secs(5)))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), jetcode::ErrorKind::JobFailed);
     let evs = f.events("cancel").await;
     assert!(!evs.iter().any(|e| matches!(e.kind, EventKind::Done { .. })));
-    assert_eq!(f.client.status("cancel").await.unwrap().state, JobState::Cancelled);
+    assert_eq!(
+        f.client.status("cancel").await.unwrap().state,
+        JobState::Cancelled
+    );
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let code = buf.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
+    (code, buf)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_metrics_heartbeat_and_micro_service() {
+    let f = Fixture::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut w = f.worker("probe-me", &["--health-addr", &addr, "--slots", "3"]);
+    wait_for(Duration::from_secs(30), "heartbeat", || async {
+        f.client.workers().await.map(|w| w.len() == 1).unwrap_or(false)
+    })
+    .await;
+    let hb = f.client.workers().await.unwrap().remove(0);
+    assert_eq!((hb.id.as_str(), hb.slots, hb.busy), ("probe-me", 3, 0));
+    assert!(hb.rss > 0, "{hb:?}");
+    let (code, _) = http_get(port, "/healthz");
+    assert_eq!(code, 200);
+    let (code, _) = http_get(port, "/readyz");
+    assert_eq!(code, 200);
+    let (code, body) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    assert!(body.contains("jetcode_slots 3"), "{body}");
+    let (code, _) = http_get(port, "/nope");
+    assert_eq!(code, 404);
+    let ping = f.client.nats().request("$SRV.PING.jetcode-worker", "".into()).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&ping.payload).unwrap();
+    assert_eq!(v["name"], "jetcode-worker");
+    // The CLI lists it too.
+    let out = std::process::Command::new(jetcode_bin())
+        .args(["workers", "--nats-url", &f.server.url()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("probe-me"));
+    w.signal(libc::SIGTERM);
+    assert!(w.wait_exit(Duration::from_secs(20)).success());
+    assert!(f.client.workers().await.unwrap().is_empty(), "heartbeat removed on drain");
 }

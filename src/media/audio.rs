@@ -108,7 +108,10 @@ fn run(
                         done_ms.store(end / 1_000_000, Ordering::Relaxed);
                     }
                 } else if s.rate == 0 {
-                    if let Some(st) = pad.current_caps().and_then(|c| c.structure(0).map(|s| s.to_owned())) {
+                    if let Some(st) = pad
+                        .current_caps()
+                        .and_then(|c| c.structure(0).map(|s| s.to_owned()))
+                    {
                         s.rate = st.get::<i32>("rate").unwrap_or(0).max(0) as u32;
                         s.channels = st.get::<i32>("channels").unwrap_or(0).max(0) as u32;
                     }
@@ -144,10 +147,7 @@ fn run(
             let convert_weak = convert_weak.clone();
             decodebin.connect_pad_added(move |_, dpad| {
                 let caps = dpad.current_caps().unwrap_or_else(|| dpad.query_caps(None));
-                if !caps
-                    .structure(0)
-                    .is_some_and(|s| s.name() == "audio/x-raw")
-                {
+                if !caps.structure(0).is_some_and(|s| s.name() == "audio/x-raw") {
                     return;
                 }
                 retime_to_stream_time(dpad);
@@ -190,12 +190,18 @@ fn run(
     let any_audio = *have_audio.lock().unwrap_or_else(|e| e.into_inner());
     if !any_audio {
         ended?;
-        return Err(MediaError::permanent(format!("{}: no audio stream", input.display())));
+        return Err(MediaError::permanent(format!(
+            "{}: no audio stream",
+            input.display()
+        )));
     }
     ended?;
     let s = seen.lock().unwrap_or_else(|e| e.into_inner());
     let Some(first) = s.first else {
-        return Err(MediaError::permanent(format!("{}: audio stream has no samples", input.display())));
+        return Err(MediaError::permanent(format!(
+            "{}: audio stream has no samples",
+            input.display()
+        )));
     };
     let ms = s.end / 1_000_000;
     let secs = started.elapsed().as_secs_f64();

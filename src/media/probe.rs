@@ -234,8 +234,14 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
     let audio = match (scan.audio_caps, scan.audio_first, scan.audio_end) {
         (Some(c), Some(first), Some(end)) => {
             let a = c.structure(0);
-            let rate = a.and_then(|a| a.get::<i32>("rate").ok()).unwrap_or(0).max(0) as u32;
-            let channels = a.and_then(|a| a.get::<i32>("channels").ok()).unwrap_or(0).max(0) as u32;
+            let rate = a
+                .and_then(|a| a.get::<i32>("rate").ok())
+                .unwrap_or(0)
+                .max(0) as u32;
+            let channels = a
+                .and_then(|a| a.get::<i32>("channels").ok())
+                .unwrap_or(0)
+                .max(0) as u32;
             Some(AudioFacts {
                 rate,
                 channels,
@@ -244,7 +250,11 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
         }
         _ => None,
     };
-    let audio_first_ns = if audio.is_some() { scan.audio_first } else { None };
+    let audio_first_ns = if audio.is_some() {
+        scan.audio_first
+    } else {
+        None
+    };
     Ok(ProbeInfo {
         facts: SourceFacts {
             duration_ns: total,

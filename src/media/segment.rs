@@ -43,7 +43,10 @@ pub fn encode_segment(
     util::init()?;
     let seg = work.segment;
     if seg.end_ns <= seg.start_ns || seg.frames() == 0 {
-        return Err(MediaError::permanent(format!("segment {} is empty", seg.index)));
+        return Err(MediaError::permanent(format!(
+            "segment {} is empty",
+            seg.index
+        )));
     }
     if work.fps_num == 0 || work.fps_den == 0 {
         return Err(MediaError::permanent("segment work without frame rate"));
@@ -107,11 +110,17 @@ fn make_encoder(r: &Rendition, frames: u64) -> Result<(gst::Element, gst::Elemen
             let parse = gst::ElementFactory::make("h264parse")
                 .property("config-interval", -1i32)
                 .build()
-                .map_err(|_| MediaError::transient("GStreamer element h264parse is not installed"))?;
+                .map_err(|_| {
+                    MediaError::transient("GStreamer element h264parse is not installed")
+                })?;
             Ok((enc, parse))
         }
         Codec::H265 => {
-            let crf = r.crf.unwrap_or(if r.bitrate.is_some() { 0 } else { DEFAULT_CRF + 5 });
+            let crf = r.crf.unwrap_or(if r.bitrate.is_some() {
+                0
+            } else {
+                DEFAULT_CRF + 5
+            });
             let mut opts = vec![format!("keyint={keyint}"), "open-gop=0".to_string()];
             match (r.crf, r.bitrate) {
                 (_, None) => opts.push(format!("crf={crf}")),
@@ -131,7 +140,9 @@ fn make_encoder(r: &Rendition, frames: u64) -> Result<(gst::Element, gst::Elemen
             let parse = gst::ElementFactory::make("h265parse")
                 .property("config-interval", -1i32)
                 .build()
-                .map_err(|_| MediaError::transient("GStreamer element h265parse is not installed"))?;
+                .map_err(|_| {
+                    MediaError::transient("GStreamer element h265parse is not installed")
+                })?;
             Ok((enc, parse))
         }
         Codec::Vp9 | Codec::Av1 => Err(MediaError::permanent(format!(
@@ -202,7 +213,16 @@ fn run(
     let sink = util::file_sink(out)?;
     util::add_chain(
         &pipeline,
-        &[&convert, &scale, &capsfilter, &queue, &encoder, &parser, &mux, &sink],
+        &[
+            &convert,
+            &scale,
+            &capsfilter,
+            &queue,
+            &encoder,
+            &parser,
+            &mux,
+            &sink,
+        ],
     )?;
     util::post_done_on_eos(&sink)?;
 
@@ -263,7 +283,8 @@ fn run(
                     let segment = pad
                         .sticky_event::<gst::event::Segment>(0)
                         .map(|e| e.segment().clone());
-                    let first_st = match (&segment, info.buffer().and_then(|b| b.pts().or(b.dts()))) {
+                    let first_st = match (&segment, info.buffer().and_then(|b| b.pts().or(b.dts())))
+                    {
                         (Some(s), Some(ts)) => util::stream_time(s, ts),
                         _ => None,
                     };
@@ -287,10 +308,7 @@ fn run(
         let convert_weak = convert_weak.clone();
         decodebin.connect_pad_added(move |_, dpad| {
             let caps = dpad.current_caps().unwrap_or_else(|| dpad.query_caps(None));
-            if !caps
-                .structure(0)
-                .is_some_and(|s| s.name() == "video/x-raw")
-            {
+            if !caps.structure(0).is_some_and(|s| s.name() == "video/x-raw") {
                 return;
             }
             install_guard(dpad, keep_from, keep_until);
@@ -361,12 +379,20 @@ fn seek_to_start(b: &Blocked, start_ns: u64, frame_ns: u64, half: u64) -> Result
             return Ok(());
         }
     }
-    let Some(seg) = b.segment.as_ref().and_then(|s| s.downcast_ref::<gst::ClockTime>()) else {
-        return Err(MediaError::permanent("video stream has no time segment; cannot seek"));
+    let Some(seg) = b
+        .segment
+        .as_ref()
+        .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+    else {
+        return Err(MediaError::permanent(
+            "video stream has no time segment; cannot seek",
+        ));
     };
     // Seek positions live in the pad's segment space, which may differ from
     // stream time (MP4 edit lists, TS timestamps): convert.
-    let target_st = start_ns.saturating_sub(frame_ns).max(seg.time().map_or(0, |t| t.nseconds()));
+    let target_st = start_ns
+        .saturating_sub(frame_ns)
+        .max(seg.time().map_or(0, |t| t.nseconds()));
     let pos = seg
         .position_from_stream_time(gst::ClockTime::from_nseconds(target_st))
         .unwrap_or(gst::ClockTime::from_nseconds(target_st));

@@ -71,7 +71,10 @@ pub fn generate_clip(path: &Path, o: &ClipOptions) -> Result<(), MediaError> {
                 .field("format", "I420")
                 .field("width", o.width as i32)
                 .field("height", o.height as i32)
-                .field("framerate", gst::Fraction::new(o.fps_num as i32, o.fps_den as i32))
+                .field(
+                    "framerate",
+                    gst::Fraction::new(o.fps_num as i32, o.fps_den as i32),
+                )
                 .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
                 .build(),
         )
@@ -110,7 +113,8 @@ pub fn generate_clip(path: &Path, o: &ClipOptions) -> Result<(), MediaError> {
         .map_err(|e| MediaError::transient(format!("link video to mux: {e}")))?;
 
     if o.audio {
-        let buffers = (o.seconds * CLIP_AUDIO_RATE as f64 / SAMPLES_PER_BUFFER as f64).ceil() as i32;
+        let buffers =
+            (o.seconds * CLIP_AUDIO_RATE as f64 / SAMPLES_PER_BUFFER as f64).ceil() as i32;
         let asrc = gst::ElementFactory::make("audiotestsrc")
             .property("num-buffers", buffers)
             .property("samplesperbuffer", SAMPLES_PER_BUFFER as i32)

@@ -103,7 +103,9 @@ fn drive_inner(
                 return Err(from_gst_error(err));
             }
         }
-        return Err(MediaError::permanent(format!("{what}: cannot start pipeline: {e}")));
+        return Err(MediaError::permanent(format!(
+            "{what}: cannot start pipeline: {e}"
+        )));
     }
     let deadline = Instant::now() + timeout;
     loop {
@@ -186,7 +188,11 @@ pub(crate) fn ensure_parent(path: &Path) -> Result<(), MediaError> {
 pub(crate) fn commit(tmp: &Path, path: &Path) -> Result<(), MediaError> {
     std::fs::rename(tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(tmp);
-        MediaError::transient(format!("cannot rename {} -> {}: {e}", tmp.display(), path.display()))
+        MediaError::transient(format!(
+            "cannot rename {} -> {}: {e}",
+            tmp.display(),
+            path.display()
+        ))
     })
 }
 
@@ -204,10 +210,16 @@ pub(crate) fn file_source(path: &Path) -> Result<gst::Element, MediaError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| MediaError::permanent(format!("cannot read {}: {e}", path.display())))?;
     if !meta.is_file() {
-        return Err(MediaError::permanent(format!("{} is not a file", path.display())));
+        return Err(MediaError::permanent(format!(
+            "{} is not a file",
+            path.display()
+        )));
     }
     if meta.len() == 0 {
-        return Err(MediaError::permanent(format!("{} is empty", path.display())));
+        return Err(MediaError::permanent(format!(
+            "{} is empty",
+            path.display()
+        )));
     }
     gst::ElementFactory::make("filesrc")
         .property("location", path.to_string_lossy().as_ref())

@@ -136,12 +136,15 @@ pub async fn http_loop(
             };
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
-            let connected =
-                w.nats.connection_state() == async_nats::connection::State::Connected;
+            let connected = w.nats.connection_state() == async_nats::connection::State::Connected;
             let (code, body, ctype) = match path {
                 "/healthz" if connected => (200, "ok\n".to_string(), "text/plain"),
                 "/healthz" => (503, "nats disconnected\n".to_string(), "text/plain"),
-                "/readyz" if connected && w.ready.load(Ordering::Relaxed) && !w.shutdown.is_cancelled() => {
+                "/readyz"
+                    if connected
+                        && w.ready.load(Ordering::Relaxed)
+                        && !w.shutdown.is_cancelled() =>
+                {
                     (200, "ready\n".to_string(), "text/plain")
                 }
                 "/readyz" => (503, "not ready\n".to_string(), "text/plain"),

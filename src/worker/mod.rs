@@ -144,7 +144,10 @@ pub async fn run(opts: ConnectOptions, args: WorkerArgs) -> Result<()> {
 
 async fn wait_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };
@@ -202,7 +205,12 @@ pub async fn run_until(
     crate::metrics::describe();
     let listener = tokio::net::TcpListener::bind(&args.health_addr)
         .await
-        .map_err(|e| Error::new(ErrorKind::Storage, format!("health address {}: {e}", args.health_addr)))?;
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Storage,
+                format!("health address {}: {e}", args.health_addr),
+            )
+        })?;
     let health_addr = listener.local_addr().ok();
 
     let slots = args.slots();
@@ -230,7 +238,12 @@ pub async fn run_until(
     let side = TaskTracker::new();
     side.spawn(health::heartbeat_loop(w.clone(), background.clone()));
     if let Ok(handle) = prometheus {
-        side.spawn(health::http_loop(w.clone(), listener, handle, background.clone()));
+        side.spawn(health::http_loop(
+            w.clone(),
+            listener,
+            handle,
+            background.clone(),
+        ));
     }
     side.spawn(health::micro_service(w.clone(), background.clone()));
     side.spawn(cancel_listener(w.clone(), background.clone()));
@@ -251,7 +264,13 @@ pub async fn run_until(
         "worker ready"
     );
 
-    pull_loop(w.clone(), tasks_consumer, Arc::new(Semaphore::new(slots as usize)), &work).await;
+    pull_loop(
+        w.clone(),
+        tasks_consumer,
+        Arc::new(Semaphore::new(slots as usize)),
+        &work,
+    )
+    .await;
 
     // Drain: no new work; in-flight tasks finish or are handed back.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
@@ -277,7 +296,12 @@ pub async fn run_until(
 }
 
 /// Fetch only as many tasks as there are free slots; never prefetch long work.
-async fn pull_loop(w: Arc<Worker>, consumer: PullConsumer, slots: Arc<Semaphore>, work: &TaskTracker) {
+async fn pull_loop(
+    w: Arc<Worker>,
+    consumer: PullConsumer,
+    slots: Arc<Semaphore>,
+    work: &TaskTracker,
+) {
     let mut backoff = Duration::from_millis(250);
     loop {
         if w.shutdown.is_cancelled() {

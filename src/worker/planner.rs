@@ -113,14 +113,21 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
                 return reject(w, &id, Some(spec), format!("probe returned bad facts: {e}")).await
             }
         },
-        Outcome::Failed { reason, permanent: true } => {
-            return reject(w, &id, Some(spec), format!("cannot read source: {reason}")).await
-        }
+        Outcome::Failed {
+            reason,
+            permanent: true,
+        } => return reject(w, &id, Some(spec), format!("cannot read source: {reason}")).await,
         Outcome::Failed { reason, .. } => {
-            return Err(Error::new(crate::error::ErrorKind::Storage, format!("probe: {reason}")))
+            return Err(Error::new(
+                crate::error::ErrorKind::Storage,
+                format!("probe: {reason}"),
+            ))
         }
         Outcome::Stopped => {
-            return Err(Error::new(crate::error::ErrorKind::Storage, "worker stopping"))
+            return Err(Error::new(
+                crate::error::ErrorKind::Storage,
+                "worker stopping",
+            ))
         }
     };
     let opts = PlanOptions {
@@ -159,7 +166,8 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
             },
         )
         .await?;
-    metrics::counter!(crate::metrics::JOBS_PLANNED, crate::metrics::LABEL_OUTCOME => "planned").increment(1);
+    metrics::counter!(crate::metrics::JOBS_PLANNED, crate::metrics::LABEL_OUTCOME => "planned")
+        .increment(1);
     tracing::info!(job = %id, segments = p.segments.len(), tasks = tasks_total, "planned");
     Ok(())
 }

@@ -77,6 +77,17 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
             c
         }
     };
+    // SAFETY: prctl is async-signal-safe. The child dies with its worker,
+    // even on SIGKILL, so no orphan keeps encoding a task that will be
+    // redelivered elsewhere.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = match cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

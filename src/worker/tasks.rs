@@ -78,7 +78,10 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
             "retried"
         }
         Verdict::Retry(reason) => {
-            let reason = format!("task {} gave up after {delivered} attempts: {reason}", task.id);
+            let reason = format!(
+                "task {} gave up after {delivered} attempts: {reason}",
+                task.id
+            );
             fail_job(w, &task.job, &reason).await;
             let _ = msg.ack_with(AckKind::Term).await;
             "failed"
@@ -190,7 +193,10 @@ async fn run_task(
                     input: w.roots.source_path(&task.source)?,
                     output: tmp.clone(),
                 };
-                let secs = rec.plan.as_ref().map_or(60.0, |p| p.audio_duration_ns as f64 / 1e9);
+                let secs = rec
+                    .plan
+                    .as_ref()
+                    .map_or(60.0, |p| p.audio_duration_ns as f64 / 1e9);
                 ("audio", json(&work), Some((tmp, dest)), secs)
             }
             TaskBody::Stitch {
@@ -227,7 +233,9 @@ async fn run_task(
     })
     .await;
     let (frames, secs) = match outcome {
-        Outcome::Done { frames, seconds, .. } => (frames, seconds),
+        Outcome::Done {
+            frames, seconds, ..
+        } => (frames, seconds),
         Outcome::Failed { reason, permanent } => {
             if let Some((tmp, _)) = &commit {
                 let _ = std::fs::remove_file(tmp);
@@ -272,7 +280,11 @@ async fn run_task(
                 task: task.id.clone(),
                 worker: w.id.clone(),
                 seconds: secs,
-                fps: if secs > 0.0 { frames as f64 / secs } else { 0.0 },
+                fps: if secs > 0.0 {
+                    frames as f64 / secs
+                } else {
+                    0.0
+                },
                 frames,
             },
         )
@@ -351,6 +363,9 @@ async fn finish_job(w: &Worker, task: &Task, stitch_secs: f64) -> Result<()> {
             changed
         })
         .await?;
+    if let Ok(dir) = w.roots.output_dir(&task.output) {
+        remove_partials(&dir.join("parts"));
+    }
     if changed {
         let total = rec.finished_at.unwrap_or_else(now) - rec.created_at;
         w.ledger
@@ -366,4 +381,20 @@ async fn finish_job(w: &Worker, task: &Task, stitch_secs: f64) -> Result<()> {
         tracing::info!(job = %task.job, seconds = total, "job done");
     }
     Ok(())
+}
+
+/// Temp files of attempts that died (killed workers) are litter once the job is done.
+fn remove_partials(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if path.is_dir() {
+            remove_partials(&path);
+        } else if name.starts_with('.') && name.contains(".partial") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }

@@ -50,9 +50,11 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_bin().display()));
         let server = NatsServer { child, port, store };
-        wait_until(Duration::from_secs(10), "nats-server accepts connections", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        wait_until(
+            Duration::from_secs(10),
+            "nats-server accepts connections",
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
         server
     }
 
@@ -72,9 +74,11 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_bin().display()));
         let server = NatsServer { child, port, store };
-        wait_until(Duration::from_secs(10), "nats-server accepts connections", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        wait_until(
+            Duration::from_secs(10),
+            "nats-server accepts connections",
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
         server
     }
 
@@ -105,7 +109,10 @@ pub fn wait_until(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool
     let end = Instant::now() + deadline;
     let mut pause = Duration::from_millis(5);
     while !cond() {
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::park_timeout(pause);
         pause = (pause * 2).min(Duration::from_millis(200));
     }
@@ -153,11 +160,19 @@ pub struct WorkerProc {
 }
 
 impl WorkerProc {
-    pub fn start(url: &str, id: &str, root: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+    pub fn start(
+        url: &str,
+        id: &str,
+        root: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = std::fs::File::create(root.join(format!("{id}.log"))).expect("log file");
+        let slots: &[&str] = if extra.contains(&"--slots") { &[] } else { &["--slots", "1"] };
         let child = Command::new(jetcode_bin())
-            .args(["worker", "--id", id, "--slots", "1", "--file-root"])
+            .args(["worker", "--id", id, "--file-root"])
             .arg(root)
+            .args(slots)
             .args(extra)
             .env("NATS_URL", url)
             .env("JETCODE_LOG", "info,async_nats=warn")
@@ -166,7 +181,10 @@ impl WorkerProc {
             .stderr(log)
             .spawn()
             .expect("start worker");
-        WorkerProc { child, id: id.to_string() }
+        WorkerProc {
+            child,
+            id: id.to_string(),
+        }
     }
 
     pub fn signal(&self, sig: i32) {
@@ -199,20 +217,50 @@ pub fn make_clip(path: &std::path::Path, seconds: f64, width: u32, height: u32) 
     let out = Command::new(jetcode_bin())
         .arg("testclip")
         .arg(path)
-        .args(["--seconds", &seconds.to_string(), "--width", &width.to_string(), "--height", &height.to_string(), "--fps", "25"])
+        .args([
+            "--seconds",
+            &seconds.to_string(),
+            "--width",
+            &width.to_string(),
+            "--height",
+            &height.to_string(),
+            "--fps",
+            "25",
+        ])
         .output()
         .expect("run testclip");
-    assert!(out.status.success(), "testclip: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "testclip: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Video frames in a file, counted by ffprobe (packets of stream v:0).
 pub fn ffprobe_frames(path: &std::path::Path) -> u64 {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_packets",
+            "-show_entries",
+            "stream=nb_read_packets",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| {
-        panic!("ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr))
-    })
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| {
+            panic!(
+                "ffprobe {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
