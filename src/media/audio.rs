@@ -158,10 +158,8 @@ fn run(
             decodebin
         } else {
             // Video and other streams are parsed and discarded.
-            match util::fake_sink() {
-                Ok(f) => f,
-                Err(_) => return,
-            }
+            util::discard_pad(pad);
+            return;
         };
         if pipeline.add(&next).is_err() {
             return;

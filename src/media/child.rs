@@ -1,3 +1,102 @@
-pub fn run(_kind: &str, _task: &str) -> i32 {
-    4
+//! Body of the hidden CLI verb `jetcode media <segment|audio|stitch|probe>
+//! --task <json>`: run one work order in this (child) process and report on
+//! stdout as JSON lines ([`ChildLine`]). A crash or hang of GStreamer then
+//! only takes this process down, never the worker.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+
+use super::{audio, probe, segment, stitch, util, MediaError};
+use crate::task::{AudioWork, ChildLine, SegmentWork, StitchWork, EXIT_PERMANENT, EXIT_TRANSIENT};
+
+/// Run work order `task_json` of kind `kind`; returns the process exit code
+/// (0, [`EXIT_PERMANENT`] or [`EXIT_TRANSIENT`]).
+pub fn run(kind: &str, task_json: &str) -> i32 {
+    let started = Instant::now();
+    let res = util::init().and_then(|()| dispatch(kind, task_json));
+    match res {
+        Ok((frames, mut summary)) => {
+            if let Some(obj) = summary.as_object_mut() {
+                obj.insert("seconds".into(), started.elapsed().as_secs_f64().into());
+            }
+            emit(&ChildLine::Done { frames, summary });
+            0
+        }
+        Err(e) => {
+            emit(&ChildLine::Failed {
+                reason: util::one_line(&e.message),
+                permanent: e.permanent,
+            });
+            if e.permanent {
+                EXIT_PERMANENT
+            } else {
+                EXIT_TRANSIENT
+            }
+        }
+    }
+}
+
+fn dispatch(kind: &str, task_json: &str) -> Result<(u64, serde_json::Value), MediaError> {
+    match kind {
+        "segment" => {
+            let work: SegmentWork = parse(task_json)?;
+            let total = work.segment.frames();
+            let frames = segment::encode_segment(&work, &mut |done, fps| {
+                emit(&ChildLine::Progress { done, total, fps })
+            })?;
+            Ok((
+                frames,
+                serde_json::json!({ "segment": work.segment.index, "rendition": work.rendition.name }),
+            ))
+        }
+        "audio" => {
+            let work: AudioWork = parse(task_json)?;
+            // The duration is unknown to the order; total 0 means "unknown".
+            let summary = audio::encode_audio(&work, &mut |done, fps| {
+                emit(&ChildLine::Progress {
+                    done,
+                    total: 0,
+                    fps,
+                })
+            })?;
+            Ok((0, to_value(&summary)?))
+        }
+        "stitch" => {
+            let work: StitchWork = parse(task_json)?;
+            let total = work.plan.frames * work.renditions.len() as u64;
+            let manifest = stitch::stitch(&work, &mut |done, fps| {
+                emit(&ChildLine::Progress { done, total, fps })
+            })?;
+            Ok((manifest.frames, to_value(&manifest)?))
+        }
+        "probe" => {
+            let path: PathBuf = parse(task_json)?;
+            let facts = probe::probe(&path)?;
+            Ok((facts.frames, to_value(&facts)?))
+        }
+        other => Err(MediaError::permanent(format!(
+            "unknown media task kind {other:?}"
+        ))),
+    }
+}
+
+fn parse<T: DeserializeOwned>(json: &str) -> Result<T, MediaError> {
+    serde_json::from_str(json).map_err(|e| MediaError::permanent(format!("bad work order: {e}")))
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, MediaError> {
+    serde_json::to_value(v)
+        .map_err(|e| MediaError::transient(format!("cannot encode summary: {e}")))
+}
+
+/// Print one line; stdout is the channel to the worker, flush per line.
+fn emit(line: &ChildLine) {
+    if let Ok(s) = serde_json::to_string(line) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{s}");
+        let _ = out.flush();
+    }
 }

@@ -20,6 +20,8 @@ pub(crate) struct ProbeInfo {
     pub facts: SourceFacts,
     /// Stream time of the first audio sample, nanoseconds.
     pub audio_first_ns: Option<u64>,
+    /// Stream time of the first video frame, nanoseconds.
+    pub video_first_ns: u64,
     /// Stream time where the last video frame ends, nanoseconds.
     pub video_end_ns: u64,
 }
@@ -31,12 +33,18 @@ pub fn probe(path: &Path) -> Result<SourceFacts, MediaError> {
 
 #[derive(Default)]
 struct Scan {
-    /// (stream time, is keyframe, duration) per video buffer, decode order.
-    video: Vec<(Option<u64>, bool, Option<u64>)>,
+    /// (raw timestamp, is keyframe, duration) per video buffer, decode order.
+    video: Vec<(Option<gst::ClockTime>, bool, Option<u64>)>,
+    /// The latest segment of each branch. Timestamps are mapped to stream
+    /// time with it at the end: some demuxers (matroskademux) start with a
+    /// provisional segment and replace it without a flush, and the last
+    /// one is the one a seek will use too.
+    video_segment: Option<gst::Segment>,
+    audio_segment: Option<gst::Segment>,
     video_caps: Option<gst::Caps>,
     audio_caps: Option<gst::Caps>,
-    audio_first: Option<u64>,
-    audio_end: Option<u64>,
+    audio_first: Option<gst::ClockTime>,
+    audio_end: Option<gst::ClockTime>,
     has_video_pad: bool,
     has_audio_pad: bool,
 }
@@ -103,6 +111,8 @@ pub(crate) fn probe_full(path: &Path) -> Result<ProbeInfo, MediaError> {
             Scan {
                 video: g.video.clone(),
                 video_caps: g.video_caps.clone(),
+                video_segment: g.video_segment.clone(),
+                audio_segment: g.audio_segment.clone(),
                 audio_caps: g.audio_caps.clone(),
                 audio_first: g.audio_first,
                 audio_end: g.audio_end,
@@ -127,16 +137,20 @@ fn video_sink(scan: Arc<Mutex<Scan>>) -> Option<gst::Element> {
                     // Some demuxers leave PTS unset on reordered frames;
                     // DTS then is the best stream position we have.
                     let ts = buf.pts().or(buf.dts());
-                    let st = match (sample.segment(), ts) {
-                        (Some(seg), Some(ts)) => util::stream_time(seg, ts),
-                        _ => None,
-                    };
                     let key = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
                     let dur = buf.duration().map(|d| d.nseconds());
-                    scan.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .video
-                        .push((st, key, dur));
+                    let mut g = scan.lock().unwrap_or_else(|e| e.into_inner());
+                    g.video.push((ts, key, dur));
+                    if let Some(seg) = sample.segment() {
+                        g.video_segment = Some(seg.clone());
+                    }
+                    // Caps at pad-added time may be provisional (tsdemux):
+                    // the first sample's caps are complete.
+                    if g.video.len() == 1 {
+                        if let Some(c) = sample.caps() {
+                            g.video_caps = Some(c.to_owned());
+                        }
+                    }
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),
@@ -156,13 +170,17 @@ fn audio_sink(scan: Arc<Mutex<Scan>>) -> Option<gst::Element> {
                     let (Some(buf), Some(seg)) = (sample.buffer(), sample.segment()) else {
                         return Ok(gst::FlowSuccess::Ok);
                     };
-                    let Some(st) = buf.pts().and_then(|p| util::stream_time(seg, p)) else {
+                    let Some(pts) = buf.pts() else {
                         return Ok(gst::FlowSuccess::Ok);
                     };
-                    let end = st + buf.duration().map_or(0, |d| d.nseconds());
+                    let end = pts + buf.duration().unwrap_or(gst::ClockTime::ZERO);
                     let mut g = scan.lock().unwrap_or_else(|e| e.into_inner());
-                    g.audio_first = Some(g.audio_first.map_or(st, |f| f.min(st)));
+                    g.audio_first = Some(g.audio_first.map_or(pts, |f| f.min(pts)));
                     g.audio_end = Some(g.audio_end.map_or(end, |e| e.max(end)));
+                    g.audio_segment = Some(seg.clone());
+                    if let Some(c) = sample.caps() {
+                        g.audio_caps = Some(c.to_owned());
+                    }
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),
@@ -194,21 +212,37 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
     let codec = s.name().to_string();
 
     let frames = scan.video.len() as u64;
-    // Frame index = rank in presentation order (buffers arrive in decode order).
-    let mut order: Vec<(u64, bool)> = scan
+    // Frames are placed by their demuxer timestamps, not stream time: the
+    // raw timestamps are the one thing that stays the same across seeks,
+    // while some demuxers (matroskademux) change the segment mid-stream
+    // without a flush. The segment encoder's guard selects by the same
+    // timestamps. (For sources without edit lists the two coincide.)
+    let raw: Vec<(Option<u64>, bool, Option<u64>)> = scan
         .video
         .iter()
+        .map(|(ts, key, dur)| (ts.map(|t| t.nseconds()), *key, *dur))
+        .collect();
+    // Frame index = rank in presentation order (buffers arrive in decode order).
+    let mut order: Vec<(u64, bool)> = raw
+        .iter()
         .enumerate()
-        .map(|(i, (st, key, _))| (st.unwrap_or(i as u64), *key))
+        .map(|(i, (t, key, _))| (t.unwrap_or(i as u64), *key))
         .collect();
     order.sort_by_key(|(t, _)| *t);
-    let first_pts_ns = scan.video.iter().filter_map(|v| v.0).min().unwrap_or(0);
-    let last = scan
-        .video
+    let first_pts_ns = raw.iter().filter_map(|v| v.0).min().unwrap_or(0);
+    let last = raw
         .iter()
         .filter_map(|v| v.0.map(|t| t + v.2.unwrap_or(0)))
         .max()
         .unwrap_or(0);
+    // Stream time (the output timeline) of the first frame and of the end.
+    let vseg = scan.video_segment.clone();
+    let to_st = |ns: u64| {
+        vseg.as_ref()
+            .and_then(|seg| util::stream_time(seg, gst::ClockTime::from_nseconds(ns)))
+    };
+    let video_first_st = to_st(first_pts_ns).unwrap_or(first_pts_ns);
+    let video_end_st = to_st(last).unwrap_or(last);
     let keyframes: Vec<u64> = order
         .iter()
         .enumerate()
@@ -231,7 +265,13 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
         fps_den = 1000;
     }
 
-    let audio = match (scan.audio_caps, scan.audio_first, scan.audio_end) {
+    let aseg = scan.audio_segment.clone();
+    let a_st = |ts: Option<gst::ClockTime>| match (&aseg, ts) {
+        (Some(seg), Some(ts)) => util::stream_time(seg, ts),
+        _ => None,
+    };
+    let (a_first, a_end) = (a_st(scan.audio_first), a_st(scan.audio_end));
+    let audio = match (scan.audio_caps, a_first, a_end) {
         (Some(c), Some(first), Some(end)) => {
             let a = c.structure(0);
             let rate = a
@@ -251,7 +291,7 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
         _ => None,
     };
     let audio_first_ns = if audio.is_some() {
-        scan.audio_first
+        a_first
     } else {
         None
     };
@@ -269,6 +309,7 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
             audio,
         },
         audio_first_ns,
-        video_end_ns: last,
+        video_first_ns: video_first_st,
+        video_end_ns: video_end_st,
     })
 }

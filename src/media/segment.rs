@@ -32,6 +32,8 @@ use crate::task::SegmentWork;
 
 /// CRF used when a rendition names neither crf nor bitrate.
 const DEFAULT_CRF: u32 = 23;
+/// Extra distance before a segment's start the seek aims at, nanoseconds.
+const SEEK_MARGIN_NS: u64 = 250_000_000;
 /// VBV buffer for capped CRF / bitrate modes, milliseconds.
 const VBV_MS: u32 = 2000;
 
@@ -175,7 +177,6 @@ struct Blocked {
     pad: gst::Pad,
     probe: gst::PadProbeId,
     segment: Option<gst::Segment>,
-    first_st: Option<u64>,
     caps: Option<gst::Caps>,
 }
 
@@ -257,14 +258,7 @@ fn run(
         };
         if !first_video {
             // Other streams (audio, a second video) are parsed and discarded.
-            if let Ok(fake) = util::fake_sink() {
-                if pipeline.add(&fake).is_ok() {
-                    let _ = fake.sync_state_with_parent();
-                    if let Some(p) = fake.static_pad("sink") {
-                        let _ = pad.link(&p);
-                    }
-                }
-            }
+            util::discard_pad(pad);
             return;
         }
         let Ok(decodebin) = util::make("decodebin") else {
@@ -283,17 +277,11 @@ fn run(
                     let segment = pad
                         .sticky_event::<gst::event::Segment>(0)
                         .map(|e| e.segment().clone());
-                    let first_st = match (&segment, info.buffer().and_then(|b| b.pts().or(b.dts())))
-                    {
-                        (Some(s), Some(ts)) => util::stream_time(s, ts),
-                        _ => None,
-                    };
                     if let Some(id) = info.id.take() {
                         let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(Blocked {
                             pad: pad.clone(),
                             probe: id,
                             segment,
-                            first_st,
                             caps: pad.current_caps(),
                         });
                     }
@@ -371,14 +359,11 @@ fn run(
 }
 
 /// Seek the blocked parsed-video pad so decoding starts one frame before
-/// `start_ns` (the guard trims the rest). Skipped when the stream already
-/// starts there (first segment).
+/// `start_ns` (the guard trims the rest). Also done for the first segment:
+/// after a flushing seek every demuxer sends one consistent segment, while
+/// some (matroskademux) start with a provisional one they replace without a
+/// flush, which would shift the first frames' stream time.
 fn seek_to_start(b: &Blocked, start_ns: u64, frame_ns: u64, half: u64) -> Result<(), MediaError> {
-    if let Some(first) = b.first_st {
-        if first + half >= start_ns {
-            return Ok(());
-        }
-    }
     let Some(seg) = b
         .segment
         .as_ref()
@@ -388,17 +373,24 @@ fn seek_to_start(b: &Blocked, start_ns: u64, frame_ns: u64, half: u64) -> Result
             "video stream has no time segment; cannot seek",
         ));
     };
-    // Seek positions live in the pad's segment space, which may differ from
-    // stream time (MP4 edit lists, TS timestamps): convert.
-    let target_st = start_ns
-        .saturating_sub(frame_ns)
-        .max(seg.time().map_or(0, |t| t.nseconds()));
-    let pos = seg
-        .position_from_stream_time(gst::ClockTime::from_nseconds(target_st))
-        .unwrap_or(gst::ClockTime::from_nseconds(target_st));
+    // Seek positions should live in the pad's segment space, which may differ
+    // from buffer timestamps (MP4 edit lists), but demuxers disagree on that
+    // (qtdemux takes presentation time). Take the earlier of both, minus a
+    // margin, and snap back to a keyframe: decoding a little more is
+    // harmless, the guard trims to the exact frames. (An ACCURATE seek lets
+    // the decoder clip at a position that may be past `start_ns` and lose
+    // frames.)
+    let target_st = start_ns.saturating_sub(frame_ns + half + SEEK_MARGIN_NS);
+    let raw = gst::ClockTime::from_nseconds(target_st);
+    let pos = if target_st >= seg.time().map_or(0, |t| t.nseconds()) {
+        seg.position_from_stream_time(raw)
+            .map_or(raw, |p| p.min(raw))
+    } else {
+        raw
+    };
     let seek = gst::event::Seek::new(
         1.0,
-        gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+        gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE,
         gst::SeekType::Set,
         pos,
         gst::SeekType::None,
@@ -453,19 +445,23 @@ fn install_guard(pad: &gst::Pad, keep_from: u64, keep_until: u64) {
             let Some(buf) = info.buffer() else {
                 return gst::PadProbeReturn::Ok;
             };
-            let st = match (&g.segment, buf.pts()) {
-                (Some(s), Some(pts)) => util::stream_time(s, pts),
-                _ => None,
-            };
-            let Some(st) = st else {
+            // Select by the demuxer timestamp (what the probe counted),
+            // output on the stream-time timeline (what the audio uses).
+            let Some(pts) = buf.pts() else {
                 // Without a time we cannot place the frame; drop it (the
                 // final frame count check reports the loss).
                 return gst::PadProbeReturn::Drop;
             };
-            if st < keep_from {
+            let t = pts.nseconds();
+            let st = g
+                .segment
+                .as_ref()
+                .and_then(|s| util::stream_time(s, pts))
+                .unwrap_or(t);
+            if t < keep_from {
                 return gst::PadProbeReturn::Drop;
             }
-            if st >= keep_until {
+            if t >= keep_until {
                 g.ended = true;
                 if let Some(peer) = pad.peer() {
                     peer.send_event(gst::event::Eos::new());

@@ -247,6 +247,17 @@ pub(crate) fn fake_sink() -> Result<gst::Element, MediaError> {
         .map_err(|_| MediaError::transient("GStreamer element fakesink is not installed"))
 }
 
+/// Discard everything a pad we do not want pushes. Buffers are dropped by
+/// a probe instead of linking a sink: a sink would take part in preroll and
+/// could block the demuxer's only streaming thread while the pipeline waits
+/// for the wanted branch.
+pub(crate) fn discard_pad(pad: &gst::Pad) {
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+        |_, _| gst::PadProbeReturn::Drop,
+    );
+}
+
 /// Add `elements` to `pipeline`, link them in order and sync their states.
 pub(crate) fn add_chain(
     pipeline: &gst::Pipeline,
@@ -257,15 +268,6 @@ pub(crate) fn add_chain(
         .map_err(|e| MediaError::transient(format!("cannot add elements: {e}")))?;
     gst::Element::link_many(elements.iter().copied())
         .map_err(|e| MediaError::transient(format!("cannot link elements: {e}")))?;
-    Ok(())
-}
-
-/// Sync states of elements added while the pipeline runs.
-pub(crate) fn sync_states(elements: &[&gst::Element]) -> Result<(), MediaError> {
-    for e in elements {
-        e.sync_state_with_parent()
-            .map_err(|err| MediaError::transient(format!("cannot start {}: {err}", e.name())))?;
-    }
     Ok(())
 }
 

@@ -1,0 +1,649 @@
+//! Media engine tests: probe, segment, audio and stitch on generated clips,
+//! verified with ffprobe/ffmpeg. Small resolutions and short clips keep the
+//! whole file well under a few minutes on two cores.
+#![cfg(feature = "media")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use jetcode::job::{OutputFormat, Rendition};
+use jetcode::manifest::{FileKind, Manifest};
+use jetcode::media::testsrc::{generate_clip, ClipOptions};
+use jetcode::media::{audio, probe, segment, stitch};
+use jetcode::plan::{plan, Plan, PlanOptions};
+use jetcode::subjects::{part_key, AUDIO_PART_KEY};
+use jetcode::task::{AudioWork, SegmentWork, StitchWork};
+
+fn clip(dir: &Path, name: &str, o: &ClipOptions) -> PathBuf {
+    let p = dir.join(name);
+    generate_clip(&p, o).expect("generate clip");
+    p
+}
+
+fn rendition(name: &str, height: u32, crf: u32) -> Rendition {
+    serde_json::from_value(
+        serde_json::json!({"name": name, "height": height, "crf": crf, "preset": "veryfast"}),
+    )
+    .expect("rendition")
+}
+
+/// ffprobe `-show_entries` of one stream as key=value pairs.
+fn ffprobe(path: &Path, stream: &str, entries: &str, count: bool) -> Vec<(String, String)> {
+    let mut cmd = Command::new("ffprobe");
+    cmd.args(["-v", "error"]);
+    if count {
+        cmd.arg("-count_frames");
+    }
+    let out = cmd
+        .args([
+            "-select_streams",
+            stream,
+            "-show_entries",
+            entries,
+            "-of",
+            "default=nw=1",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+fn field(v: &[(String, String)], k: &str) -> f64 {
+    v.iter()
+        .find(|(key, _)| key == k)
+        .and_then(|(_, val)| val.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric {k} in {v:?}"))
+}
+
+fn ffprobe_frames(path: &Path) -> u64 {
+    field(
+        &ffprobe(path, "v:0", "stream=nb_read_frames", true),
+        "nb_read_frames",
+    ) as u64
+}
+
+/// Average PSNR (dB) of `a` against `b`, both rebased to start at 0.
+fn psnr(a: &Path, b: &Path) -> f64 {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostats", "-i"])
+        .arg(a)
+        .arg("-i")
+        .arg(b)
+        .args([
+            "-lavfi",
+            "[0:v]setpts=PTS-STARTPTS[a];[1:v]setpts=PTS-STARTPTS[b];[a][b]psnr",
+            "-f",
+            "null",
+            "-",
+        ])
+        .output()
+        .expect("ffmpeg runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("PSNR"))
+        .unwrap_or_else(|| panic!("no PSNR: {err}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("average:"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("bad PSNR line {line}"))
+}
+
+/// Probe, plan, encode every segment and the audio, stitch: the whole job
+/// as the workers would run it, in one process.
+fn run_job(
+    src: &Path,
+    out: &Path,
+    target_seconds: f64,
+    renditions: &[Rendition],
+) -> (Plan, Manifest) {
+    let facts = probe::probe(src).expect("probe");
+    let p = plan(
+        &facts,
+        &PlanOptions {
+            target_seconds,
+            ..Default::default()
+        },
+    )
+    .expect("plan");
+    for r in renditions {
+        for s in &p.segments {
+            let work = SegmentWork {
+                input: src.to_path_buf(),
+                output: out.join(part_key(&r.name, s.index)),
+                rendition: r.clone(),
+                segment: *s,
+                fps_num: p.fps_num,
+                fps_den: p.fps_den,
+            };
+            let mut calls = 0;
+            let n = segment::encode_segment(&work, &mut |_, _| calls += 1).expect("segment");
+            assert_eq!(n, s.frames());
+            assert!(calls > 0, "progress reported");
+        }
+    }
+    if p.has_audio {
+        audio::encode_audio(
+            &AudioWork {
+                input: src.to_path_buf(),
+                output: out.join(AUDIO_PART_KEY),
+            },
+            &mut |_, _| {},
+        )
+        .expect("audio");
+    }
+    let m = stitch::stitch(
+        &StitchWork {
+            output_dir: out.to_path_buf(),
+            plan: p.clone(),
+            renditions: renditions.to_vec(),
+            formats: vec![OutputFormat::Mp4, OutputFormat::Hls],
+        },
+        &mut |_, _| {},
+    )
+    .expect("stitch");
+    (p, m)
+}
+
+#[test]
+fn probe_counts_frames_and_keyframes_25fps() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = ClipOptions {
+        seconds: 8.0,
+        gop: 25,
+        ..Default::default()
+    };
+    let src = clip(dir.path(), "a.mp4", &o);
+    let f = probe::probe(&src).unwrap();
+    assert_eq!(f.frames, 200);
+    assert_eq!(f.frames, ffprobe_frames(&src));
+    assert_eq!((f.fps_num, f.fps_den), (25, 1));
+    assert_eq!((f.width, f.height), (320, 240));
+    assert_eq!(f.video_codec, "video/x-h264");
+    assert_eq!(f.first_pts_ns, 0);
+    assert!(
+        (f.duration_ns as f64 / 1e9 - 8.0).abs() < 0.05,
+        "{}",
+        f.duration_ns
+    );
+    // x264 may add scene-cut keyframes, never drop the periodic ones.
+    for k in (0..200).step_by(25) {
+        assert!(
+            f.keyframes.contains(&k),
+            "keyframe {k} missing in {:?}",
+            f.keyframes
+        );
+    }
+    let a = f.audio.expect("audio");
+    assert_eq!((a.rate, a.channels), (48000, 2));
+    assert!((a.duration_ns as f64 / 1e9 - 8.0).abs() < 0.03);
+}
+
+#[test]
+fn probe_ntsc_rate_long_gop() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = ClipOptions {
+        seconds: 10.0,
+        fps_num: 30000,
+        fps_den: 1001,
+        gop: 250,
+        audio: false,
+        ..Default::default()
+    };
+    let src = clip(dir.path(), "ntsc.mp4", &o);
+    let f = probe::probe(&src).unwrap();
+    assert_eq!(f.frames, 300);
+    assert_eq!(f.frames, ffprobe_frames(&src));
+    assert_eq!((f.fps_num, f.fps_den), (30000, 1001));
+    assert!(
+        f.keyframes.starts_with(&[0]) && f.keyframes.contains(&250),
+        "{:?}",
+        f.keyframes
+    );
+    assert!(f.audio.is_none());
+}
+
+/// Check one stitched job: frame count, durations, A/V offset, HLS.
+fn check_job(src: &Path, out: &Path, p: &Plan, m: &Manifest) {
+    let facts = probe::probe(src).unwrap();
+    let frame_s = p.fps_den as f64 / p.fps_num as f64;
+    let aac_frame_s = 1024.0 / 48000.0;
+    let mp4s: Vec<_> = m.of_kind(FileKind::Mp4).collect();
+    assert_eq!(mp4s.len(), 1);
+    let mp4 = out.join(&mp4s[0].path);
+    assert_eq!(mp4s[0].frames, Some(facts.frames));
+
+    let v = ffprobe(
+        &mp4,
+        "v:0",
+        "stream=nb_read_frames,duration,start_time",
+        true,
+    );
+    assert_eq!(
+        field(&v, "nb_read_frames") as u64,
+        facts.frames,
+        "frame count of {}",
+        mp4.display()
+    );
+    let src_v = ffprobe(src, "v:0", "stream=duration,start_time", false);
+    let dv = field(&v, "duration") - field(&src_v, "duration");
+    assert!(dv.abs() <= frame_s + 1e-6, "video duration off by {dv} s");
+
+    let a = ffprobe(&mp4, "a:0", "stream=duration,start_time", false);
+    let src_a = ffprobe(src, "a:0", "stream=duration", false);
+    let av = field(&a, "start_time") - field(&v, "start_time");
+    assert!(av.abs() <= aac_frame_s, "A/V start offset {av} s");
+    let da = field(&a, "duration") - field(&src_a, "duration");
+    assert!(da.abs() <= aac_frame_s, "audio duration off by {da} s");
+    eprintln!(
+        "job {}: {} segments, frames {} (source {}), video duration diff {dv:.6} s, A/V start offset {:.3} ms, audio duration diff {:.3} ms",
+        out.display(),
+        p.segments.len(),
+        field(&v, "nb_read_frames"),
+        facts.frames,
+        av * 1e3,
+        da * 1e3
+    );
+
+    // HLS: every part listed, durations sum to the total, ffprobe reads it.
+    let name = mp4s[0].rendition.clone().unwrap();
+    let media = std::fs::read_to_string(out.join(format!("hls/{name}.m3u8"))).unwrap();
+    let mut sum = 0.0;
+    let mut uris = vec![];
+    for l in media.lines() {
+        if let Some(d) = l.strip_prefix("#EXTINF:") {
+            sum += d.trim_end_matches(',').parse::<f64>().unwrap();
+        } else if !l.starts_with('#') && !l.is_empty() {
+            uris.push(l.to_string());
+        }
+    }
+    let want: Vec<_> = p
+        .segments
+        .iter()
+        .map(|s| format!("../{}", part_key(&name, s.index)))
+        .collect();
+    assert_eq!(uris, want);
+    assert!(
+        (sum - facts.frames as f64 * frame_s).abs() < 1e-3,
+        "EXTINF sum {sum}"
+    );
+    let target: f64 = media
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-TARGETDURATION:"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let max = p.segments.iter().map(|s| s.duration_ns()).max().unwrap() as f64 / 1e9;
+    assert_eq!(target, max.ceil());
+    let master_path = out.join("hls/master.m3u8");
+    let master = std::fs::read_to_string(&master_path).unwrap();
+    assert!(master.contains("RESOLUTION=320x240"), "{master}");
+    assert!(
+        master.contains("CODECS=\"avc1.") && master.contains("mp4a.40.2"),
+        "{master}"
+    );
+    assert!(
+        master.contains("TYPE=AUDIO") && master.contains("AUDIO=\"aac\""),
+        "{master}"
+    );
+    let hv = ffprobe(&master_path, "v:0", "stream=width,height", false);
+    assert_eq!((field(&hv, "width"), field(&hv, "height")), (320.0, 240.0));
+    assert_eq!(
+        ffprobe_frames(&out.join(format!("hls/{name}.m3u8"))),
+        facts.frames
+    );
+    ffprobe(&master_path, "a:0", "stream=codec_name", false);
+
+    // Manifest: every file exists with the recorded size and hash.
+    let on_disk: Manifest =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(&on_disk, m);
+    for f in &m.files {
+        let len = std::fs::metadata(out.join(&f.path)).unwrap().len();
+        assert_eq!(len, f.bytes, "{}", f.path);
+    }
+    for kind in [
+        FileKind::Mp4,
+        FileKind::HlsMaster,
+        FileKind::HlsMedia,
+        FileKind::Audio,
+    ] {
+        assert!(m.of_kind(kind).count() > 0, "{kind:?} in manifest");
+    }
+}
+
+#[test]
+fn segmented_job_is_frame_exact_for_two_segment_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = ClipOptions {
+        seconds: 12.0,
+        gop: 50,
+        ..Default::default()
+    };
+    let src = clip(dir.path(), "src.mp4", &o);
+    let r = rendition("r240", 240, 20);
+    for (target, want_segments) in [(3.0, 4), (2.0, 6)] {
+        let out = dir.path().join(format!("out-{target}"));
+        let (p, m) = run_job(&src, &out, target, std::slice::from_ref(&r));
+        assert_eq!(p.segments.len(), want_segments);
+        check_job(&src, &out, &p, &m);
+        // Each part starts at its segment's start on the source timeline
+        // (plus mpegtsmux's constant base).
+        let base = field(
+            &ffprobe(
+                &out.join(part_key("r240", 0)),
+                "v:0",
+                "stream=start_time",
+                false,
+            ),
+            "start_time",
+        );
+        for s in &p.segments {
+            let st = field(
+                &ffprobe(
+                    &out.join(part_key("r240", s.index)),
+                    "v:0",
+                    "stream=start_time",
+                    false,
+                ),
+                "start_time",
+            );
+            assert!(
+                (st - base - s.start_ns as f64 / 1e9).abs() < 1e-4,
+                "part {} starts at {st}",
+                s.index
+            );
+        }
+    }
+}
+
+#[test]
+fn ntsc_job_is_frame_exact_and_stitch_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = ClipOptions {
+        seconds: 9.0,
+        fps_num: 30000,
+        fps_den: 1001,
+        gop: 60,
+        ..Default::default()
+    };
+    let src = clip(dir.path(), "src.mp4", &o);
+    let out = dir.path().join("out");
+    let r = rendition("ntsc", 240, 22);
+    let (p, m) = run_job(&src, &out, 3.0, std::slice::from_ref(&r));
+    assert_eq!(p.segments.len(), 3);
+    check_job(&src, &out, &p, &m);
+    // A second stitch overwrites everything with identical results.
+    let again = stitch::stitch(
+        &StitchWork {
+            output_dir: out.clone(),
+            plan: p.clone(),
+            renditions: vec![r],
+            formats: vec![OutputFormat::Mp4, OutputFormat::Hls],
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(again.files.len(), m.files.len());
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains("tmp") || n.starts_with(".stitch"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn segmented_quality_matches_single_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = ClipOptions {
+        seconds: 12.0,
+        gop: 50,
+        audio: false,
+        ..Default::default()
+    };
+    let src = clip(dir.path(), "src.mp4", &o);
+    let r = rendition("q", 240, 20);
+    let out = dir.path().join("seg");
+    let facts = probe::probe(&src).unwrap();
+    let p = plan(
+        &facts,
+        &PlanOptions {
+            target_seconds: 3.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(p.segments.len(), 4);
+    let mut parts = vec![];
+    for s in &p.segments {
+        let output = out.join(part_key("q", s.index));
+        let w = SegmentWork {
+            input: src.clone(),
+            output: output.clone(),
+            rendition: r.clone(),
+            segment: *s,
+            fps_num: p.fps_num,
+            fps_den: p.fps_den,
+        };
+        segment::encode_segment(&w, &mut |_, _| {}).unwrap();
+        parts.push(std::fs::read(output).unwrap());
+    }
+    let joined = dir.path().join("joined.ts");
+    std::fs::write(&joined, parts.concat()).unwrap();
+    // Single pass: one segment covering the whole source, same settings.
+    let whole = plan(
+        &facts,
+        &PlanOptions {
+            target_seconds: 1000.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(whole.segments.len(), 1);
+    let single = dir.path().join("single.ts");
+    segment::encode_segment(
+        &SegmentWork {
+            input: src.clone(),
+            output: single.clone(),
+            rendition: r,
+            segment: whole.segments[0],
+            fps_num: p.fps_num,
+            fps_den: p.fps_den,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(ffprobe_frames(&joined), 300);
+    let seg_psnr = psnr(&joined, &src);
+    let single_psnr = psnr(&single, &src);
+    eprintln!("PSNR vs source: segmented {seg_psnr:.3} dB, single pass {single_psnr:.3} dB");
+    assert!(
+        (seg_psnr - single_psnr).abs() <= 0.5,
+        "segmented {seg_psnr} dB vs single pass {single_psnr} dB"
+    );
+}
+
+/// A failure must be permanent, one line, and quick.
+fn assert_permanent<T: std::fmt::Debug>(
+    what: &str,
+    started: Instant,
+    r: Result<T, jetcode::media::MediaError>,
+) {
+    let e = r.expect_err(what);
+    assert!(e.permanent, "{what}: {e:?}");
+    assert!(
+        !e.message.contains('\n') && !e.message.is_empty(),
+        "{what}: {e:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{what} took {:?}",
+        started.elapsed()
+    );
+    eprintln!("{what}: {}", e.message);
+}
+
+#[test]
+fn bad_input_fails_permanently_and_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = clip(
+        dir.path(),
+        "good.mp4",
+        &ClipOptions {
+            seconds: 4.0,
+            ..Default::default()
+        },
+    );
+    let bytes = std::fs::read(&good).unwrap();
+    // mp4mux writes moov at the end: half a file has no index at all.
+    let truncated = dir.path().join("truncated.mp4");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let garbage = dir.path().join("garbage.mp4");
+    std::fs::write(
+        &garbage,
+        (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let text = dir.path().join("notes.mkv");
+    std::fs::write(&text, "this is not a video\n".repeat(100)).unwrap();
+    let empty = dir.path().join("empty.ts");
+    std::fs::write(&empty, b"").unwrap();
+    let audio_only = dir.path().join("audio.m4a");
+    let st = Command::new("ffmpeg")
+        .args([
+            "-v", "error", "-f", "lavfi", "-i", "sine=d=1", "-c:a", "aac", "-y",
+        ])
+        .arg(&audio_only)
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    for bad in [
+        &truncated,
+        &garbage,
+        &text,
+        &empty,
+        &audio_only,
+        &dir.path().join("missing.mp4"),
+    ] {
+        let t = Instant::now();
+        assert_permanent(&format!("probe {}", bad.display()), t, probe::probe(bad));
+    }
+    // A segment task on a broken source fails the same way.
+    let facts = probe::probe(&good).unwrap();
+    let p = plan(&facts, &PlanOptions::default()).unwrap();
+    let t = Instant::now();
+    let r = segment::encode_segment(
+        &SegmentWork {
+            input: garbage.clone(),
+            output: dir.path().join("x.ts"),
+            rendition: rendition("x", 240, 23),
+            segment: p.segments[0],
+            fps_num: p.fps_num,
+            fps_den: p.fps_den,
+        },
+        &mut |_, _| {},
+    );
+    assert_permanent("segment of garbage", t, r);
+    assert!(!dir.path().join("x.ts").exists());
+    // Unsupported codec is refused up front.
+    let mut vp9 = rendition("v", 240, 30);
+    vp9.codec = jetcode::Codec::Vp9;
+    let t = Instant::now();
+    let r = segment::encode_segment(
+        &SegmentWork {
+            input: good.clone(),
+            output: dir.path().join("v.ts"),
+            rendition: vp9,
+            segment: p.segments[0],
+            fps_num: p.fps_num,
+            fps_den: p.fps_den,
+        },
+        &mut |_, _| {},
+    );
+    assert_permanent("vp9", t, r);
+    // The child verb reports it as a permanent exit code.
+    assert_eq!(
+        jetcode::media::child::run("probe", &serde_json::to_string(&garbage).unwrap()),
+        jetcode::task::EXIT_PERMANENT
+    );
+    assert_eq!(
+        jetcode::media::child::run("probe", "{not json"),
+        jetcode::task::EXIT_PERMANENT
+    );
+    assert_eq!(
+        jetcode::media::child::run("probe", &serde_json::to_string(&good).unwrap()),
+        0
+    );
+}
+
+#[test]
+fn h265_segment_keeps_timeline() {
+    if Command::new("gst-inspect-1.0")
+        .arg("x265enc")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("x265enc missing; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = clip(
+        dir.path(),
+        "src.mp4",
+        &ClipOptions {
+            seconds: 4.0,
+            audio: false,
+            ..Default::default()
+        },
+    );
+    let facts = probe::probe(&src).unwrap();
+    let p = plan(
+        &facts,
+        &PlanOptions {
+            target_seconds: 2.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut r = rendition("hevc", 240, 28);
+    r.codec = jetcode::Codec::H265;
+    r.preset = "ultrafast".into();
+    let s = p.segments[1];
+    let out = dir.path().join("p.ts");
+    let n = segment::encode_segment(
+        &SegmentWork {
+            input: src.clone(),
+            output: out.clone(),
+            rendition: r,
+            segment: s,
+            fps_num: p.fps_num,
+            fps_den: p.fps_den,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(n, s.frames());
+    assert_eq!(ffprobe_frames(&out), s.frames());
+    let v = ffprobe(&out, "v:0", "stream=codec_name", false);
+    assert!(v.iter().any(|(_, c)| c == "hevc"), "{v:?}");
+}
