@@ -143,4 +143,7 @@ pub struct Heartbeat {
     pub started_at: f64,
     pub at: f64,
     pub draining: bool,
+    /// Address of /healthz, /readyz, /metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }

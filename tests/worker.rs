@@ -69,6 +69,21 @@ impl Fixture {
         out
     }
 
+    /// Id of the first segment task that starts.
+    async fn first_segment_started(&self, id: &str) -> String {
+        let e = self
+            .wait_event(
+                id,
+                "a segment started",
+                |k| matches!(k, EventKind::TaskStarted { task, .. } if task.starts_with("seg-")),
+            )
+            .await;
+        match e.kind {
+            EventKind::TaskStarted { task, .. } => task,
+            _ => unreachable!("filtered above"),
+        }
+    }
+
     async fn wait_event(&self, id: &str, what: &str, pred: impl Fn(&EventKind) -> bool) -> Event {
         let mut evs = Box::pin(self.client.watch(id).await.unwrap());
         let found = tokio::time::timeout(Duration::from_secs(120), async {
@@ -187,19 +202,7 @@ async fn killed_worker_task_is_redelivered_and_job_completes() {
         6.0,
     );
     f.client.submit(&spec).await.unwrap();
-    let started = f
-        .wait_event(
-            "kill9",
-            "a segment started on the victim",
-            |k| matches!(k, EventKind::TaskStarted { task, .. } if task.starts_with("seg-")),
-        )
-        .await;
-    let EventKind::TaskStarted {
-        task: victim_task, ..
-    } = started.kind
-    else {
-        unreachable!()
-    };
+    let victim_task = f.first_segment_started("kill9").await;
     a.signal(libc::SIGKILL);
     a.wait_exit(Duration::from_secs(10));
     let _b = f.worker("rescuer", &[]);
@@ -243,16 +246,7 @@ async fn sigterm_hands_in_flight_work_back_at_once() {
         6.0,
     );
     f.client.submit(&spec).await.unwrap();
-    let started = f
-        .wait_event(
-            "term",
-            "a segment started",
-            |k| matches!(k, EventKind::TaskStarted { task, .. } if task.starts_with("seg-")),
-        )
-        .await;
-    let EventKind::TaskStarted { task, .. } = started.kind else {
-        unreachable!()
-    };
+    let task = f.first_segment_started("term").await;
     a.signal(libc::SIGTERM);
     let status = a.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "drained worker exits 0: {status:?}");
@@ -497,23 +491,36 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
-    let code = buf.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
     (code, buf)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_metrics_heartbeat_and_micro_service() {
     let f = Fixture::new().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut w = f.worker("probe-me", &["--health-addr", &addr, "--slots", "3"]);
+    let mut w = f.worker("probe-me", &["--slots", "3"]);
     wait_for(Duration::from_secs(30), "heartbeat", || async {
-        f.client.workers().await.map(|w| w.len() == 1).unwrap_or(false)
+        f.client
+            .workers()
+            .await
+            .map(|w| w.len() == 1)
+            .unwrap_or(false)
     })
     .await;
     let hb = f.client.workers().await.unwrap().remove(0);
     assert_eq!((hb.id.as_str(), hb.slots, hb.busy), ("probe-me", 3, 0));
     assert!(hb.rss > 0, "{hb:?}");
+    let port: u16 = hb
+        .health
+        .as_deref()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("heartbeat names the health address");
     let (code, _) = http_get(port, "/healthz");
     assert_eq!(code, 200);
     let (code, _) = http_get(port, "/readyz");
@@ -523,7 +530,12 @@ async fn health_metrics_heartbeat_and_micro_service() {
     assert!(body.contains("jetcode_slots 3"), "{body}");
     let (code, _) = http_get(port, "/nope");
     assert_eq!(code, 404);
-    let ping = f.client.nats().request("$SRV.PING.jetcode-worker", "".into()).await.unwrap();
+    let ping = f
+        .client
+        .nats()
+        .request("$SRV.PING.jetcode-worker", "".into())
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&ping.payload).unwrap();
     assert_eq!(v["name"], "jetcode-worker");
     // The CLI lists it too.
@@ -534,5 +546,8 @@ async fn health_metrics_heartbeat_and_micro_service() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("probe-me"));
     w.signal(libc::SIGTERM);
     assert!(w.wait_exit(Duration::from_secs(20)).success());
-    assert!(f.client.workers().await.unwrap().is_empty(), "heartbeat removed on drain");
+    assert!(
+        f.client.workers().await.unwrap().is_empty(),
+        "heartbeat removed on drain"
+    );
 }

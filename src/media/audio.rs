@@ -147,7 +147,7 @@ fn run(
             let convert_weak = convert_weak.clone();
             decodebin.connect_pad_added(move |_, dpad| {
                 let caps = dpad.current_caps().unwrap_or_else(|| dpad.query_caps(None));
-                if !caps.structure(0).is_some_and(|s| s.name() == "audio/x-raw") {
+                if caps.structure(0).is_none_or(|s| s.name() != "audio/x-raw") {
                     return;
                 }
                 retime_to_stream_time(dpad);

@@ -4,6 +4,7 @@ pub mod audio;
 pub mod child;
 pub mod probe;
 pub mod segment;
+pub mod source;
 pub mod stitch;
 pub mod testsrc;
 pub(crate) mod ts;

@@ -220,7 +220,13 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
     let raw: Vec<(Option<u64>, bool, Option<u64>)> = scan
         .video
         .iter()
-        .map(|(ts, key, dur)| (ts.map(|t| t.nseconds()), *key, *dur))
+        .map(|(ts, key, dur)| {
+            let st = match (&scan.video_segment, ts) {
+                (Some(seg), Some(t)) => util::stream_time(seg, *t),
+                _ => ts.map(|t| t.nseconds()),
+            };
+            (st, *key, *dur)
+        })
         .collect();
     // Frame index = rank in presentation order (buffers arrive in decode order).
     let mut order: Vec<(u64, bool)> = raw
@@ -236,13 +242,8 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
         .max()
         .unwrap_or(0);
     // Stream time (the output timeline) of the first frame and of the end.
-    let vseg = scan.video_segment.clone();
-    let to_st = |ns: u64| {
-        vseg.as_ref()
-            .and_then(|seg| util::stream_time(seg, gst::ClockTime::from_nseconds(ns)))
-    };
-    let video_first_st = to_st(first_pts_ns).unwrap_or(first_pts_ns);
-    let video_end_st = to_st(last).unwrap_or(last);
+    let video_first_st = first_pts_ns;
+    let video_end_st = last;
     let keyframes: Vec<u64> = order
         .iter()
         .enumerate()
@@ -266,8 +267,10 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
     }
 
     let aseg = scan.audio_segment.clone();
+    // Falls back to the raw timestamp where the segment does not cover it.
     let a_st = |ts: Option<gst::ClockTime>| match (&aseg, ts) {
-        (Some(seg), Some(ts)) => util::stream_time(seg, ts),
+        (Some(seg), Some(ts)) => util::stream_time(seg, ts).or(Some(ts.nseconds())),
+        (None, Some(ts)) => Some(ts.nseconds()),
         _ => None,
     };
     let (a_first, a_end) = (a_st(scan.audio_first), a_st(scan.audio_end));
@@ -290,11 +293,7 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
         }
         _ => None,
     };
-    let audio_first_ns = if audio.is_some() {
-        a_first
-    } else {
-        None
-    };
+    let audio_first_ns = if audio.is_some() { a_first } else { None };
     Ok(ProbeInfo {
         facts: SourceFacts {
             duration_ns: total,

@@ -296,7 +296,7 @@ fn run(
         let convert_weak = convert_weak.clone();
         decodebin.connect_pad_added(move |_, dpad| {
             let caps = dpad.current_caps().unwrap_or_else(|| dpad.query_caps(None));
-            if !caps.structure(0).is_some_and(|s| s.name() == "video/x-raw") {
+            if caps.structure(0).is_none_or(|s| s.name() != "video/x-raw") {
                 return;
             }
             install_guard(dpad, keep_from, keep_until);
@@ -445,19 +445,20 @@ fn install_guard(pad: &gst::Pad, keep_from: u64, keep_until: u64) {
             let Some(buf) = info.buffer() else {
                 return gst::PadProbeReturn::Ok;
             };
-            // Select by the demuxer timestamp (what the probe counted),
-            // output on the stream-time timeline (what the audio uses).
+            // Select and output on the stream-time timeline (the probe's and
+            // the audio's).
             let Some(pts) = buf.pts() else {
                 // Without a time we cannot place the frame; drop it (the
                 // final frame count check reports the loss).
                 return gst::PadProbeReturn::Drop;
             };
-            let t = pts.nseconds();
             let st = g
                 .segment
                 .as_ref()
                 .and_then(|s| util::stream_time(s, pts))
-                .unwrap_or(t);
+                .unwrap_or(pts.nseconds());
+            // Select in stream time, the probe's timeline.
+            let t = st;
             if t < keep_from {
                 return gst::PadProbeReturn::Drop;
             }

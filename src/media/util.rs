@@ -124,10 +124,10 @@ fn drive_inner(
         match msg.view() {
             gst::MessageView::Eos(_) => return Ok(Ended::Eos),
             gst::MessageView::Error(err) => return Err(from_gst_error(err)),
-            gst::MessageView::Application(app) => {
-                if app.structure().is_some_and(|s| s.name() == DONE_MESSAGE) {
-                    return Ok(Ended::Done);
-                }
+            gst::MessageView::Application(app)
+                if app.structure().is_some_and(|s| s.name() == DONE_MESSAGE) =>
+            {
+                return Ok(Ended::Done);
             }
             _ => {}
         }

@@ -68,6 +68,7 @@ impl Worker {
             started_at: self.started_at,
             at: now(),
             draining: self.shutdown.is_cancelled(),
+            health: self.health_addr.clone(),
         }
     }
 }

@@ -93,6 +93,7 @@ pub(crate) struct Worker {
     ready: AtomicBool,
     started_at: f64,
     last_heartbeat: Mutex<Option<Heartbeat>>,
+    health_addr: Option<String>,
 }
 
 impl Worker {
@@ -230,6 +231,7 @@ pub async fn run_until(
         tasks_done: AtomicU64::new(0),
         ready: AtomicBool::new(false),
         started_at: crate::record::now(),
+        health_addr: health_addr.map(|a| a.to_string()),
         last_heartbeat: Mutex::new(None),
     });
     metrics::gauge!(crate::metrics::SLOTS).set(slots as f64);

@@ -42,32 +42,22 @@ impl NatsServer {
     /// A server without JetStream (to test refusal).
     pub fn start_plain() -> Self {
         let store = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let child = Command::new(server_bin())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_bin().display()));
-        let server = NatsServer { child, port, store };
-        wait_until(
-            Duration::from_secs(10),
-            "nats-server accepts connections",
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        );
-        server
+        Self::launch(store, None, false, &[])
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
         let store = tempfile::tempdir().expect("tempdir");
-        Self::start_in(store, None, extra)
+        Self::launch(store, None, true, extra)
     }
 
-    fn start_in(store: tempfile::TempDir, port: Option<u16>, extra: &[&str]) -> Self {
+    fn launch(store: tempfile::TempDir, port: Option<u16>, js: bool, extra: &[&str]) -> Self {
         let port = port.unwrap_or_else(free_port);
-        let child = Command::new(server_bin())
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
+        let mut cmd = Command::new(server_bin());
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        if js {
+            cmd.arg("-js").arg("-sd").arg(store.path());
+        }
+        let child = cmd
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -93,7 +83,7 @@ impl NatsServer {
         let port = self.port;
         let store = std::mem::replace(&mut self.store, tempfile::tempdir().expect("tempdir"));
         std::mem::forget(self);
-        Self::start_in(store, Some(port), &[])
+        Self::launch(store, Some(port), true, &[])
     }
 }
 
@@ -168,7 +158,11 @@ impl WorkerProc {
         env: &[(&str, &str)],
     ) -> Self {
         let log = std::fs::File::create(root.join(format!("{id}.log"))).expect("log file");
-        let slots: &[&str] = if extra.contains(&"--slots") { &[] } else { &["--slots", "1"] };
+        let slots: &[&str] = if extra.contains(&"--slots") {
+            &[]
+        } else {
+            &["--slots", "1"]
+        };
         let child = Command::new(jetcode_bin())
             .args(["worker", "--id", id, "--file-root"])
             .arg(root)
