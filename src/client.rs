@@ -10,7 +10,7 @@
 //!     "renditions": ["h264-720p"]
 //! }"#).expect("valid JSON");
 //! let id = client.submit(&spec).await?;
-//! let record = client.wait(&id, None).await?;
+//! let record = client.wait(id.as_ref(), None).await?;
 //! println!("{id}: {:?}", record.state);
 //! # Ok(()) }
 //! ```
