@@ -473,8 +473,11 @@ fn segmented_quality_matches_single_pass() {
     let seg_psnr = psnr(&joined, &src);
     let single_psnr = psnr(&single, &src);
     eprintln!("PSNR vs source: segmented {seg_psnr:.3} dB, single pass {single_psnr:.3} dB");
+    // The bar: segmenting may not cost more than 0.05 dB against a
+    // single-pass encode with the same settings (it may well gain: each
+    // part starts with an IDR).
     assert!(
-        (seg_psnr - single_psnr).abs() <= 0.5,
+        seg_psnr >= single_psnr - 0.05,
         "segmented {seg_psnr} dB vs single pass {single_psnr} dB"
     );
 }
