@@ -260,7 +260,11 @@ async fn run_task(
     };
     metrics::histogram!(m::TASK_SECONDS, m::LABEL_KIND => kind).record(secs);
     if let Some((tmp, dest)) = &commit {
-        commit_file(tmp, dest)?;
+        // A full or flaky disk is worth another attempt, maybe elsewhere.
+        if let Err(e) = commit_file(tmp, dest) {
+            let _ = std::fs::remove_file(tmp);
+            return Ok(Verdict::Retry(e.to_string()));
+        }
     }
     let done = TaskDone {
         worker: w.id.clone(),
