@@ -164,12 +164,7 @@ pub(crate) fn stream_time(seg: &gst::Segment, pts: gst::ClockTime) -> Option<u64
 
 /// A temporary sibling of `path` for atomic writes.
 pub(crate) fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
+    crate::store::partial_path(path, &std::process::id().to_string())
 }
 
 /// Create the parent directory of `path`.
@@ -184,15 +179,11 @@ pub(crate) fn ensure_parent(path: &Path) -> Result<(), MediaError> {
     Ok(())
 }
 
-/// Rename `tmp` over `path` (atomic on one filesystem).
+/// Make `tmp` durable and rename it over `path`.
 pub(crate) fn commit(tmp: &Path, path: &Path) -> Result<(), MediaError> {
-    std::fs::rename(tmp, path).map_err(|e| {
+    crate::store::commit_file(tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(tmp);
-        MediaError::transient(format!(
-            "cannot rename {} -> {}: {e}",
-            tmp.display(),
-            path.display()
-        ))
+        MediaError::transient(e.to_string())
     })
 }
 

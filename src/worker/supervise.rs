@@ -65,17 +65,14 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
         Ok(p) => p,
         Err(e) => return transient(format!("cannot find own executable: {e}")),
     };
-    let mut cmd = match stall_failpoint(spec.kind) {
-        Some(()) => {
-            let mut c = Command::new(program);
-            c.args(["media", "stall", "--task", "{}"]);
-            c
-        }
-        None => {
-            let mut c = Command::new(program);
-            c.arg("media").arg(spec.kind).arg("--task").arg(&spec.work);
-            c
-        }
+    let mut cmd = Command::new(program);
+    match stall_failpoint(spec.kind) {
+        Some(()) => cmd.args(["media", "stall", "--task", "{}"]),
+        None => cmd
+            .arg("media")
+            .arg(spec.kind)
+            .arg("--task")
+            .arg(&spec.work),
     };
     // SAFETY: prctl is async-signal-safe. The child dies with its worker,
     // even on SIGKILL, so no orphan keeps encoding a task that will be

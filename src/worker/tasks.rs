@@ -4,7 +4,6 @@
 //! Order is the invariant: output durable -> checkpoint `create` -> ack. A
 //! crash anywhere redoes the task into the same key or skips it.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -15,7 +14,6 @@ use super::Worker;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics as m;
 use crate::record::{now, EventKind, JobState, TaskDone};
-use crate::store::{commit_file, partial_path};
 use crate::subjects::{self, TaskKind};
 use crate::task::{AudioWork, SegmentWork, StitchWork, Task, TaskBody, STITCH_TASK_ID};
 
@@ -157,63 +155,51 @@ async fn run_task(
         )
         .await?;
     let out_dir = w.roots.output_dir(&task.output)?;
-    let tag = format!("{}-{}", w.id, msg.info().map(|i| i.delivered).unwrap_or(0));
-    // (child kind, work JSON, final file to commit (tmp, dest), expected duration)
-    let (kind, work, commit, seconds): (&str, String, Option<(PathBuf, PathBuf)>, f64) =
-        match &task.body {
-            TaskBody::Segment {
-                rendition,
-                segment,
-                fps_num,
-                fps_den,
-            } => {
-                let dest = out_dir.join(subjects::part_key(&rendition.name, segment.index));
-                mkdir_parent(&dest)?;
-                let tmp = partial_path(&dest, &tag);
-                let work = SegmentWork {
-                    input: w.roots.source_path(&task.source)?,
-                    output: tmp.clone(),
-                    rendition: rendition.clone(),
-                    segment: *segment,
-                    fps_num: *fps_num,
-                    fps_den: *fps_den,
-                };
-                (
-                    "segment",
-                    json(&work),
-                    Some((tmp, dest)),
-                    segment.duration_ns() as f64 / 1e9,
-                )
-            }
-            TaskBody::Audio => {
-                let dest = out_dir.join(subjects::AUDIO_PART_KEY);
-                mkdir_parent(&dest)?;
-                let tmp = partial_path(&dest, &tag);
-                let work = AudioWork {
-                    input: w.roots.source_path(&task.source)?,
-                    output: tmp.clone(),
-                };
-                let secs = rec
-                    .plan
-                    .as_ref()
-                    .map_or(60.0, |p| p.audio_duration_ns as f64 / 1e9);
-                ("audio", json(&work), Some((tmp, dest)), secs)
-            }
-            TaskBody::Stitch {
-                plan,
-                renditions,
-                formats,
-            } => {
-                let work = StitchWork {
-                    output_dir: out_dir.clone(),
-                    plan: plan.clone(),
-                    renditions: renditions.clone(),
-                    formats: formats.clone(),
-                };
-                let secs = plan.segments.last().map_or(0.0, |s| s.end_ns as f64 / 1e9);
-                ("stitch", json(&work), None, secs)
-            }
-        };
+    // The child writes its output atomically (temp file, fsync, rename) to
+    // the deterministic key, so a crash never leaves a partial part there.
+    let (kind, work, seconds): (&str, String, f64) = match &task.body {
+        TaskBody::Segment {
+            rendition,
+            segment,
+            fps_num,
+            fps_den,
+        } => {
+            let work = SegmentWork {
+                input: w.roots.source_path(&task.source)?,
+                output: out_dir.join(subjects::part_key(&rendition.name, segment.index)),
+                rendition: rendition.clone(),
+                segment: *segment,
+                fps_num: *fps_num,
+                fps_den: *fps_den,
+            };
+            ("segment", json(&work), segment.duration_ns() as f64 / 1e9)
+        }
+        TaskBody::Audio => {
+            let work = AudioWork {
+                input: w.roots.source_path(&task.source)?,
+                output: out_dir.join(subjects::AUDIO_PART_KEY),
+            };
+            let secs = rec
+                .plan
+                .as_ref()
+                .map_or(60.0, |p| p.audio_duration_ns as f64 / 1e9);
+            ("audio", json(&work), secs)
+        }
+        TaskBody::Stitch {
+            plan,
+            renditions,
+            formats,
+        } => {
+            let work = StitchWork {
+                output_dir: out_dir.clone(),
+                plan: plan.clone(),
+                renditions: renditions.clone(),
+                formats: formats.clone(),
+            };
+            let secs = plan.segments.last().map_or(0.0, |s| s.end_ns as f64 / 1e9);
+            ("stitch", json(&work), secs)
+        }
+    };
     let limits = Limits {
         stall: w.args.stall(),
         total: Duration::from_secs_f64((seconds * w.args.task_timeout_factor).max(300.0)),
@@ -237,9 +223,6 @@ async fn run_task(
             frames, seconds, ..
         } => (frames, seconds),
         Outcome::Failed { reason, permanent } => {
-            if let Some((tmp, _)) = &commit {
-                let _ = std::fs::remove_file(tmp);
-            }
             return Ok(if permanent {
                 Verdict::Fail(reason)
             } else {
@@ -247,9 +230,6 @@ async fn run_task(
             });
         }
         Outcome::Stopped => {
-            if let Some((tmp, _)) = &commit {
-                let _ = std::fs::remove_file(tmp);
-            }
             // Job cancelled: drop the task. Worker aborting: hand it back.
             return Ok(if w.abort.is_cancelled() {
                 Verdict::HandBack
@@ -259,13 +239,6 @@ async fn run_task(
         }
     };
     metrics::histogram!(m::TASK_SECONDS, m::LABEL_KIND => kind).record(secs);
-    if let Some((tmp, dest)) = &commit {
-        // A full or flaky disk is worth another attempt, maybe elsewhere.
-        if let Err(e) = commit_file(tmp, dest) {
-            let _ = std::fs::remove_file(tmp);
-            return Ok(Verdict::Retry(e.to_string()));
-        }
-    }
     let done = TaskDone {
         worker: w.id.clone(),
         seconds: secs,
@@ -294,7 +267,7 @@ async fn run_task(
         )
         .await?;
     match task.kind() {
-        TaskKind::Stitch => finish_job(w, task, secs).await?,
+        TaskKind::Stitch => finish_job(w, task, &out_dir, secs).await?,
         _ => maybe_publish_stitch(w, task).await?,
     }
     Ok(Verdict::Ack)
@@ -302,14 +275,6 @@ async fn run_task(
 
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
-}
-
-fn mkdir_parent(p: &std::path::Path) -> Result<()> {
-    if let Some(d) = p.parent() {
-        std::fs::create_dir_all(d)
-            .map_err(|e| Error::new(ErrorKind::Storage, format!("{}: {e}", d.display())))?;
-    }
-    Ok(())
 }
 
 /// Whoever sees every segment/audio checkpoint publishes the stitch; its
@@ -354,7 +319,12 @@ async fn maybe_publish_stitch(w: &Worker, task: &Task) -> Result<()> {
 }
 
 /// Stitch succeeded: the job is done.
-async fn finish_job(w: &Worker, task: &Task, stitch_secs: f64) -> Result<()> {
+async fn finish_job(
+    w: &Worker,
+    task: &Task,
+    out_dir: &std::path::Path,
+    stitch_secs: f64,
+) -> Result<()> {
     let mut changed = false;
     let rec = w
         .ledger
@@ -367,9 +337,7 @@ async fn finish_job(w: &Worker, task: &Task, stitch_secs: f64) -> Result<()> {
             changed
         })
         .await?;
-    if let Ok(dir) = w.roots.output_dir(&task.output) {
-        remove_partials(&dir.join("parts"));
-    }
+    remove_partials(&out_dir.join("parts"));
     if changed {
         let total = rec.finished_at.unwrap_or_else(now) - rec.created_at;
         w.ledger
