@@ -488,7 +488,11 @@ async fn cancel_stops_work_within_seconds() {
 fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // Two segments on purpose: the server must wait for the whole head.
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"GET ").unwrap();
+    s.flush().unwrap();
+    write!(s, "{path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
     let code = buf

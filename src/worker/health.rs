@@ -130,12 +130,12 @@ pub async fn http_loop(
         let w = w.clone();
         let prometheus = prometheus.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
+            let Ok(Some(head)) =
+                tokio::time::timeout(Duration::from_secs(5), read_request_head(&mut sock)).await
+            else {
+                return;
             };
-            let req = String::from_utf8_lossy(&buf[..n]);
+            let req = String::from_utf8_lossy(&head);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let connected = w.nats.connection_state() == async_nats::connection::State::Connected;
             let (code, body, ctype) = match path {
@@ -166,6 +166,23 @@ pub async fn http_loop(
             let _ = sock.shutdown().await;
         });
     }
+}
+
+/// Read until the blank line that ends an HTTP request head. A client may
+/// send the request line in several TCP segments; answering after the first
+/// one and closing with unread bytes makes the kernel reset the connection.
+async fn read_request_head(sock: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    const MAX_HEAD: usize = 8 * 1024;
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut buf).await.ok()?;
+        if n == 0 || head.len() + n > MAX_HEAD {
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Some(head)
 }
 
 /// Register the `nats micro` service: PING/INFO/STATS for free, plus a
