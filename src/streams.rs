@@ -100,6 +100,19 @@ pub fn consumer_configs() -> Vec<(&'static str, consumer::pull::Config)> {
                 ..Default::default()
             },
         ),
+        (
+            DEAD_STREAM,
+            consumer::pull::Config {
+                durable_name: Some(DEAD_LETTER_CONSUMER.into()),
+                description: Some("Workers fail the jobs of dead tasks".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: PLANNER_ACK_WAIT,
+                // Handling is idempotent and fails only on NATS trouble:
+                // never give up on a dead letter.
+                max_deliver: -1,
+                ..Default::default()
+            },
+        ),
     ]
 }
 

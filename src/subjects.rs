@@ -21,6 +21,8 @@ pub const EVENTS_ALL: &str = "jetcode.events.>";
 
 /// Dead-letter stream: advisories for tasks that exhausted deliveries or were terminated.
 pub const DEAD_STREAM: &str = "JETCODE_DEAD";
+/// Durable consumer on [`DEAD_STREAM`] run by every worker's dead-letter role.
+pub const DEAD_LETTER_CONSUMER: &str = "dead-letter";
 
 /// KV bucket: job id -> JobRecord.
 pub const JOBS_BUCKET: &str = "jetcode-jobs";
@@ -69,11 +71,13 @@ pub fn cancel(job: &str) -> String {
 /// Wildcard of every cancel message.
 pub const CANCEL_ALL: &str = "jetcode.control.cancel.*";
 
-/// Advisory subjects the dead-letter stream captures for the workers consumer.
+/// Advisory subjects the dead-letter stream captures: tasks that exhausted
+/// their deliveries or were terminated, and specs the planner gave up on.
 pub fn dead_letter_subjects() -> Vec<String> {
     vec![
         format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASKS_STREAM}.{WORKERS_CONSUMER}"),
         format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{TASKS_STREAM}.{WORKERS_CONSUMER}"),
+        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{PLANNER_CONSUMER}"),
     ]
 }
 

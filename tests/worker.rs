@@ -555,3 +555,106 @@ async fn health_metrics_heartbeat_and_micro_service() {
         "heartbeat removed on drain"
     );
 }
+
+/// A task whose every delivery dies with its worker is never delivered
+/// again; the dead-letter role must fail its job instead of leaving it
+/// `running` forever, and clear the task out of the work queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn task_that_exhausts_its_deliveries_fails_the_job() {
+    use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+    let f = Fixture::new().await;
+    // Planner and dead-letter roles only: no slots, so it encodes nothing.
+    let _w = f.worker("planner-only", &["--slots", "0"]);
+    let src = f.clip("in.mp4", 4.0, 320, 240);
+    f.client
+        .submit(&f.spec("doomed", &src, serde_json::json!(["h264-240p"]), 2.0))
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(60), "job planned", || async {
+        f.client
+            .status("doomed")
+            .await
+            .map(|r| r.plan.is_some())
+            .unwrap_or(false)
+    })
+    .await;
+    // This test is the worker that keeps dying: it takes every delivery and
+    // hands it straight back, which uses up deliveries as a crash would.
+    let js = jetstream::new(f.client.nats().clone());
+    let workers: PullConsumer = js
+        .get_consumer_from_stream(
+            jetcode::subjects::WORKERS_CONSUMER,
+            jetcode::subjects::TASKS_STREAM,
+        )
+        .await
+        .unwrap();
+    let mut deliveries = 0u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rec = f.client.status("doomed").await.unwrap();
+        if rec.state != JobState::Running {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job still running after {deliveries} deliveries"
+        );
+        let mut batch = workers
+            .fetch()
+            .max_messages(16)
+            .expires(Duration::from_millis(300))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(m)) = batch.next().await {
+            deliveries += 1;
+            m.ack_with(AckKind::Nak(None)).await.unwrap();
+        }
+    }
+    let rec = f.client.status("doomed").await.unwrap();
+    assert_eq!(rec.state, JobState::Failed);
+    let reason = rec.error.unwrap_or_default();
+    assert!(
+        reason.contains(&format!(
+            "delivered {} times",
+            jetcode::streams::TASK_MAX_DELIVER
+        )),
+        "{reason}"
+    );
+    assert!(deliveries >= jetcode::streams::TASK_MAX_DELIVER as u64);
+    let evs = f.events("doomed").await;
+    assert!(evs.iter().any(
+        |e| matches!(&e.kind, EventKind::Failed { reason } if reason.contains("never finished"))
+    ));
+    // Every task of the job dies the same way; each is removed from the work
+    // queue once its advisory is handled.
+    wait_for(Duration::from_secs(30), "dead tasks removed", || {
+        let workers = workers.clone();
+        let js = js.clone();
+        async move {
+            // Keep using up deliveries of the remaining tasks.
+            if let Ok(mut b) = workers
+                .fetch()
+                .max_messages(16)
+                .expires(Duration::from_millis(300))
+                .messages()
+                .await
+            {
+                while let Some(Ok(m)) = b.next().await {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                }
+            }
+            match js.get_stream(jetcode::subjects::TASKS_STREAM).await {
+                Ok(mut tasks) => tasks
+                    .info()
+                    .await
+                    .map(|i| i.state.messages == 0)
+                    .unwrap_or(false),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let mut dead = js.get_stream(jetcode::subjects::DEAD_STREAM).await.unwrap();
+    assert!(dead.info().await.unwrap().state.messages >= 1);
+}

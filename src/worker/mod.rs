@@ -1,6 +1,7 @@
 //! The worker runtime: plans jobs, pulls tasks by free slots, runs each in a
 //! supervised child, checkpoints, completes, and drains on shutdown.
 
+mod dead_letter;
 mod health;
 mod planner;
 mod supervise;
@@ -30,7 +31,8 @@ pub use supervise::Limits;
 /// `jetcode worker` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
-    /// Concurrent tasks; default: one per two cores (an encode uses several threads).
+    /// Concurrent tasks; default: one per two cores (an encode uses several
+    /// threads). 0 runs only the planner and dead-letter roles.
     #[arg(long, env = "JETCODE_SLOTS")]
     pub slots: Option<u32>,
     /// Directory file:// sources and outputs must lie under (repeatable). Default: working directory.
@@ -195,6 +197,10 @@ pub async fn run_until(
         .get_consumer_from_stream(subjects::WORKERS_CONSUMER, subjects::TASKS_STREAM)
         .await
         .map_err(|e| Error::js("open workers consumer (run `jetcode streams apply`)", e))?;
+    let dead_letter_consumer: PullConsumer = js
+        .get_consumer_from_stream(subjects::DEAD_LETTER_CONSUMER, subjects::DEAD_STREAM)
+        .await
+        .map_err(|e| Error::js("open dead-letter consumer (run `jetcode streams apply`)", e))?;
     let planner_consumer: PullConsumer = js
         .get_consumer_from_stream(subjects::PLANNER_CONSUMER, subjects::JOBS_STREAM)
         .await
@@ -256,6 +262,10 @@ pub async fn run_until(
         let c = planner_consumer.clone();
         side.spawn(async move { planner::planner_loop(w2, c).await });
     }
+    side.spawn(dead_letter::dead_letter_loop(
+        w.clone(),
+        dead_letter_consumer,
+    ));
     w.ready.store(true, Ordering::Relaxed);
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(

@@ -173,14 +173,19 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
 }
 
 /// The id a malformed spec asked for, if it is a valid one.
-fn raw_id(payload: &[u8]) -> Option<String> {
+pub(super) fn raw_id(payload: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
     let id = v.get("id")?.as_str()?;
     valid_id(id).then(|| id.to_string())
 }
 
 /// Record a refused job as failed with its reason, and tell watchers.
-async fn reject(w: &Worker, id: &str, spec: Option<JobSpec>, reason: String) -> Result<()> {
+pub(super) async fn reject(
+    w: &Worker,
+    id: &str,
+    spec: Option<JobSpec>,
+    reason: String,
+) -> Result<()> {
     let t = now();
     let rec = JobRecord {
         id: id.to_string(),

@@ -96,7 +96,7 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
 }
 
 /// Mark the job failed (if it is still running) and announce it.
-async fn fail_job(w: &Worker, job: &str, reason: &str) {
+pub(super) async fn fail_job(w: &Worker, job: &str, reason: &str) {
     tracing::error!(job, "job failed: {reason}");
     let mut changed = false;
     let res = w

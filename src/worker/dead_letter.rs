@@ -1,0 +1,142 @@
+//! Dead-letter role: turn JetStream's "gave up on this message" advisories
+//! into failed jobs.
+//!
+//! A worker fails a job itself when a task fails permanently or on its last
+//! delivery. What it cannot report is its own death: a task whose every
+//! delivery died with its worker (OOM kill, power loss) is simply never
+//! delivered again, and its job would stay `running` forever. The server
+//! announces that with a MAX_DELIVERIES advisory, which `JETCODE_DEAD`
+//! stores; every worker shares one durable consumer on it, so each advisory
+//! is handled once, even if no worker was alive when it was emitted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use serde::Deserialize;
+
+use super::{planner, tasks, Worker};
+use crate::error::{Error, Result};
+use crate::job::JobSpec;
+use crate::subjects;
+use crate::task::Task;
+
+/// The fields we use of `io.nats.jetstream.advisory.v1.max_deliver` and
+/// `...terminated`.
+#[derive(Debug, Deserialize)]
+struct Advisory {
+    #[serde(rename = "type")]
+    kind: String,
+    stream: String,
+    stream_seq: u64,
+    #[serde(default)]
+    deliveries: u64,
+}
+
+impl Advisory {
+    fn terminated(&self) -> bool {
+        self.kind.ends_with(".terminated")
+    }
+}
+
+pub(super) async fn dead_letter_loop(w: Arc<Worker>, consumer: PullConsumer) {
+    loop {
+        if w.shutdown.is_cancelled() {
+            return;
+        }
+        let batch = tokio::select! {
+            _ = w.shutdown.cancelled() => return,
+            b = consumer.fetch().max_messages(16).expires(Duration::from_secs(5)).messages() => b,
+        };
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("dead-letter fetch: {e}");
+                tokio::select! {
+                    _ = w.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+        };
+        while let Some(Ok(msg)) = batch.next().await {
+            let advisory: Advisory = match serde_json::from_slice(&msg.payload) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(subject = %msg.subject, "unreadable advisory, dropping it: {e}");
+                    let _ = msg.double_ack().await;
+                    continue;
+                }
+            };
+            match handle(&w, &advisory).await {
+                Ok(()) => {
+                    let _ = msg.double_ack().await;
+                }
+                Err(e) => {
+                    tracing::warn!(?advisory, "dead letter not handled yet: {e}");
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Fail the job the dead message belonged to. Idempotent: failing a job that
+/// is already terminal changes nothing.
+async fn handle(w: &Worker, a: &Advisory) -> Result<()> {
+    let stream =
+        w.js.get_stream_no_info(&a.stream)
+            .await
+            .map_err(|e| Error::js("open stream of a dead message", e))?;
+    let dead = match stream.get_raw_message(a.stream_seq).await {
+        Ok(m) => m,
+        // Acked in the meantime (a slow worker finished after all) or deleted
+        // by an earlier pass over this advisory.
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            return Ok(())
+        }
+        Err(e) => return Err(Error::js("read dead message", e)),
+    };
+    if a.stream == subjects::JOBS_STREAM {
+        let spec = JobSpec::from_json(&dead.payload).ok();
+        let id = spec
+            .as_ref()
+            .and_then(|s| s.id.clone())
+            .or_else(|| planner::raw_id(&dead.payload))
+            .unwrap_or_else(|| format!("job-{}", a.stream_seq));
+        let reason = format!(
+            "planning gave up after {} deliveries (planner crashed or lost NATS each time)",
+            a.deliveries
+        );
+        tracing::error!(job = %id, "{reason}");
+        return planner::reject(w, &id, spec, reason).await;
+    }
+    if a.stream != subjects::TASKS_STREAM {
+        return Ok(());
+    }
+    match serde_json::from_slice::<Task>(&dead.payload) {
+        Ok(task) => {
+            let reason = if a.terminated() {
+                format!("task {} was terminated", task.id)
+            } else {
+                format!(
+                    "task {} was delivered {} times and never finished (its workers died, hung or lost NATS)",
+                    task.id, a.deliveries
+                )
+            };
+            tasks::fail_job(w, &task.job, &reason).await;
+        }
+        Err(e) => tracing::error!(seq = a.stream_seq, "dead task is unreadable: {e}"),
+    }
+    // Nothing will deliver it again; keep the work queue to live work. The
+    // advisory stays in JETCODE_DEAD as the record.
+    stream
+        .delete_message(a.stream_seq)
+        .await
+        .map_err(|e| Error::js("delete dead task", e))?;
+    Ok(())
+}
