@@ -363,6 +363,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 height,
                 gop: fps * 2,
                 audio: true,
+                ..Default::default()
             };
             jetcode::media::testsrc::generate_clip(&path, &o)?;
             println!(

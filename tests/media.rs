@@ -650,3 +650,74 @@ fn h265_segment_keeps_timeline() {
     let v = ffprobe(&out, "v:0", "stream=codec_name", false);
     assert!(v.iter().any(|(_, c)| c == "hevc"), "{v:?}");
 }
+
+/// A segment reads its source through the block cache, and only the part it
+/// needs: the moov at the end plus its own frames, each block once.
+#[test]
+fn segment_child_reads_only_its_range_through_the_block_cache() {
+    use jetcode::media::source::BLOCK_SIZE;
+    let dir = tempfile::tempdir().unwrap();
+    let src = clip(
+        dir.path(),
+        "noise.mp4",
+        &ClipOptions {
+            seconds: 32.0,
+            audio: false,
+            noise: true,
+            ..Default::default()
+        },
+    );
+    let size = std::fs::metadata(&src).unwrap().len();
+    let blocks = size.div_ceil(BLOCK_SIZE);
+    assert!(
+        blocks >= 20,
+        "clip too small to measure reads: {size} bytes"
+    );
+    let facts = probe::probe(&src).unwrap();
+    let p = plan(
+        &facts,
+        &PlanOptions {
+            target_seconds: 4.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(p.segments.len(), 8);
+    let s = p.segments[4];
+    let work = SegmentWork {
+        input: src.clone(),
+        output: dir.path().join("p.ts"),
+        rendition: rendition("r", 120, 30),
+        segment: s,
+        fps_num: p.fps_num,
+        fps_den: p.fps_den,
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_jetcode"))
+        .args(["media", "segment", "--task"])
+        .arg(serde_json::to_string(&work).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let done: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.get("summary").is_some())
+        .unwrap_or_else(|| panic!("no summary in {stdout}"));
+    assert_eq!(done["frames"], s.frames());
+    let gets = done["summary"]["source_gets"].as_u64().unwrap();
+    let bytes = done["summary"]["source_bytes"].as_u64().unwrap();
+    eprintln!("segment 5/8 read {bytes} of {size} bytes in {gets} GETs ({blocks} blocks)");
+    assert!(gets >= 2, "moov and media were read: {gets}");
+    // An eighth of the clip, plus the head and the moov, in whole blocks.
+    assert!(
+        bytes < size / 3,
+        "an eighth of the clip needs well under a third of it: {bytes} of {size}"
+    );
+    assert!(gets <= blocks, "no block fetched twice: {gets} > {blocks}");
+    assert_eq!(ffprobe_frames(&work.output), s.frames());
+}

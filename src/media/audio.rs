@@ -72,7 +72,7 @@ fn run(
     progress: &mut dyn FnMut(u64, f64),
 ) -> Result<AudioSummary, MediaError> {
     let pipeline = gst::Pipeline::new();
-    let src = util::file_source(input)?;
+    let src = super::source::source_element(input)?;
     let parsebin = util::make("parsebin")?;
     util::add_chain(&pipeline, &[&src, &parsebin])?;
 
@@ -175,7 +175,9 @@ fn run(
     let started = Instant::now();
     let mut last = 0u64;
     let what = format!("audio of {}", input.display());
+    let streams = util::FirstStreamWatch::new(&parsebin);
     let ended = util::drive(&pipeline, timeout, &what, || {
+        streams.check(&what)?;
         let ms = done_ms.load(Ordering::Relaxed);
         if ms >= last + 1000 {
             last = ms;

@@ -21,6 +21,9 @@ pub fn run(kind: &str, task_json: &str) -> i32 {
         Ok((frames, mut summary)) => {
             if let Some(obj) = summary.as_object_mut() {
                 obj.insert("seconds".into(), started.elapsed().as_secs_f64().into());
+                let (gets, bytes) = super::source::process_read_stats();
+                obj.insert("source_gets".into(), gets.into());
+                obj.insert("source_bytes".into(), bytes.into());
             }
             emit(&ChildLine::Done { frames, summary });
             0

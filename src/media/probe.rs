@@ -52,7 +52,7 @@ struct Scan {
 pub(crate) fn probe_full(path: &Path) -> Result<ProbeInfo, MediaError> {
     util::init()?;
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let src = util::file_source(path)?;
+    let src = super::source::source_element(path)?;
     let parsebin = util::make("parsebin")?;
     let pipeline = gst::Pipeline::new();
     util::add_chain(&pipeline, &[&src, &parsebin])?;
@@ -96,7 +96,9 @@ pub(crate) fn probe_full(path: &Path) -> Result<ProbeInfo, MediaError> {
     let timeout = Duration::from_secs(120) + Duration::from_secs(size / (20 << 20));
     let mut duration: Option<u64> = None;
     let what = format!("probe {}", path.display());
+    let streams = util::FirstStreamWatch::new(&parsebin);
     util::drive(&pipeline, timeout, &what, || {
+        streams.check(&what)?;
         if duration.is_none() {
             duration = pipeline
                 .query_duration::<gst::ClockTime>()

@@ -2,7 +2,7 @@
 //! scale, encode, and write an MPEG-TS part on the SOURCE timeline, so the
 //! parts of a rendition concatenate into one continuous stream.
 //!
-//! Pipeline: `filesrc ! parsebin` -> (video pad, blocked until we seek)
+//! Pipeline: `appsrc (block cache) ! parsebin` -> (video pad, blocked until we seek)
 //! `decodebin` -> guard probe -> `videoconvert ! videoscale ! capsfilter !
 //! queue ! encoder ! parser ! mpegtsmux ! filesink`.
 //!
@@ -201,7 +201,7 @@ fn run(
     let keep_until = seg.end_ns.saturating_sub(half);
 
     let pipeline = gst::Pipeline::new();
-    let src = util::file_source(&work.input)?;
+    let src = super::source::source_element(&work.input)?;
     let parsebin = util::make("parsebin")?;
     util::add_chain(&pipeline, &[&src, &parsebin])?;
 
@@ -320,8 +320,10 @@ fn run(
     let mut last_reported = 0u64;
     let timeout = Duration::from_secs(300) + Duration::from_secs(total);
     let what = format!("segment {}", seg.index);
+    let streams = util::FirstStreamWatch::new(&parsebin);
     let rendition = work.rendition.clone();
     util::drive(&pipeline, timeout, &what, || {
+        streams.check(&what)?;
         if let Ok(b) = rx.try_recv() {
             if let Some(s) = b.caps.as_ref().and_then(|c| c.structure(0)) {
                 let w = s.get::<i32>("width").unwrap_or(0).max(0) as u32;

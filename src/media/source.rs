@@ -1,4 +1,5 @@
-//! Sources read through `appsrc` over object_store with a block cache.
+//! Sources read through a pull-mode element over object_store with a block
+//! cache.
 //!
 //! Demuxers read in small, scattered requests (an MP4 with the moov at the
 //! end, a seek to a segment's keyframe); without a cache each becomes a
@@ -13,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use gstreamer as gst;
-use gstreamer_app as gst_app;
+use gstreamer::prelude::*;
+use gstreamer::subclass::prelude::ObjectSubclassIsExt;
 use object_store::{local::LocalFileSystem, path::Path as StorePath, ObjectStore, ObjectStoreExt};
 
 use super::MediaError;
@@ -22,6 +24,20 @@ use super::MediaError;
 pub const BLOCK_SIZE: u64 = 1 << 20;
 /// Blocks kept per source.
 pub const CACHE_BLOCKS: usize = 32;
+
+/// Ranged GETs and bytes fetched by every cache in this process. A media
+/// child runs one task, so these are that task's read costs; the child
+/// reports them in its summary.
+static PROCESS_GETS: AtomicU64 = AtomicU64::new(0);
+static PROCESS_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// (ranged GETs, bytes fetched) by this process so far.
+pub fn process_read_stats() -> (u64, u64) {
+    (
+        PROCESS_GETS.load(Ordering::Relaxed),
+        PROCESS_BYTES.load(Ordering::Relaxed),
+    )
+}
 
 /// Random-access reads of one object, served from cached blocks.
 pub struct BlockCache {
@@ -80,6 +96,8 @@ impl BlockCache {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let data = futures::executor::block_on(self.store.get_range(&self.path, start..end))
             .map_err(|e| MediaError::transient(format!("read {}: {e}", self.path)))?;
+        PROCESS_GETS.fetch_add(1, Ordering::Relaxed);
+        PROCESS_BYTES.fetch_add(data.len() as u64, Ordering::Relaxed);
         if blocks.len() == CACHE_BLOCKS {
             blocks.pop_back();
         }
@@ -100,53 +118,171 @@ impl BlockCache {
     }
 }
 
-/// An `appsrc` in random-access mode serving `cache`; use it where a
-/// `filesrc` would go.
-pub fn app_source(cache: Arc<BlockCache>) -> Result<gst::Element, MediaError> {
-    let position = Arc::new(Mutex::new(0u64));
-    let read_pos = position.clone();
-    let reader = cache.clone();
-    let callbacks = gst_app::AppSrcCallbacks::builder()
-        .need_data(move |src, len| {
-            let mut pos = read_pos.lock().unwrap_or_else(|p| p.into_inner());
-            // Ask for at least 64 KiB: demuxers hint tiny sizes.
-            let want = (len as usize).max(64 * 1024);
-            match reader.read_at(*pos, want) {
-                Ok(data) if data.is_empty() => {
-                    let _ = src.end_of_stream();
-                }
-                Ok(data) => {
-                    let n = data.len() as u64;
-                    let mut buf = gst::Buffer::from_slice(data);
-                    if let Some(b) = buf.get_mut() {
-                        b.set_offset(*pos);
-                        b.set_offset_end(*pos + n);
-                    }
-                    *pos += n;
-                    let _ = src.push_buffer(buf);
-                }
-                Err(e) => {
-                    gst::element_error!(src, gst::ResourceError::Read, ["{}", e.message]);
-                }
-            }
-        })
-        .seek_data(move |_src, offset| {
-            *position.lock().unwrap_or_else(|p| p.into_inner()) = offset;
-            true
-        })
-        .build();
-    let src = gst_app::AppSrc::builder()
-        .name("source")
-        .stream_type(gst_app::AppStreamType::RandomAccess)
-        .format(gst::Format::Bytes)
-        .size(cache.size() as i64)
-        .max_bytes(4 * 1024 * 1024)
-        .callbacks(callbacks)
-        .build();
-    Ok(src.upcast())
+/// The element a pipeline reads a job's source through: the same checks as
+/// for a plain file (one-line permanent errors), then a [`CachedSrc`] over a
+/// block cache of the object.
+pub(crate) fn source_element(path: &Path) -> Result<gst::Element, MediaError> {
+    super::util::check_readable_file(path)?;
+    Ok(CachedSrc::new(Arc::new(BlockCache::open_local(path)?)).upcast())
 }
 
-use gstreamer::prelude::*;
+gst::glib::wrapper! {
+    /// A byte source over a [`BlockCache`] that works in pull mode.
+    ///
+    /// Why not `appsrc`: appsrc only pushes. Demuxers in push mode turn a
+    /// seek into an upstream byte seek and lose accuracy at the edges (we
+    /// measured segments one frame long or short, and a 75-frame segment of
+    /// an MP4 with moov at the end came out with 43). A `BaseSrc` that is
+    /// seekable in bytes lets the demuxer pull at any offset, exactly as
+    /// with `filesrc`, so seeks stay frame-exact.
+    pub struct CachedSrc(ObjectSubclass<imp::CachedSrc>)
+        @extends gstreamer_base::BaseSrc, gst::Element, gst::Object;
+}
+
+impl CachedSrc {
+    pub fn new(cache: Arc<BlockCache>) -> Self {
+        let src: CachedSrc = gst::glib::Object::builder()
+            .property("name", "source")
+            .build();
+        *src.imp().cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(cache);
+        src
+    }
+
+    /// The cache behind this source (for read statistics).
+    pub fn cache(&self) -> Option<Arc<BlockCache>> {
+        self.imp()
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+mod imp {
+    use std::sync::{Arc, LazyLock, Mutex};
+
+    use gstreamer as gst;
+    use gstreamer::glib;
+    use gstreamer::subclass::prelude::*;
+    use gstreamer_base::prelude::*;
+    use gstreamer_base::subclass::prelude::*;
+
+    use super::BlockCache;
+
+    #[derive(Default)]
+    pub struct CachedSrc {
+        pub(super) cache: Mutex<Option<Arc<BlockCache>>>,
+    }
+
+    impl CachedSrc {
+        fn cache(&self) -> Option<Arc<BlockCache>> {
+            self.cache.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }
+    }
+
+    #[glib::object_subclass]
+    impl ObjectSubclass for CachedSrc {
+        const NAME: &'static str = "JetcodeCachedSrc";
+        type Type = super::CachedSrc;
+        type ParentType = gstreamer_base::BaseSrc;
+    }
+
+    impl ObjectImpl for CachedSrc {
+        fn constructed(&self) {
+            self.parent_constructed();
+            self.obj().set_format(gst::Format::Bytes);
+        }
+    }
+
+    impl GstObjectImpl for CachedSrc {}
+
+    impl ElementImpl for CachedSrc {
+        fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+            static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+                gst::subclass::ElementMetadata::new(
+                    "jetcode cached source",
+                    "Source/File",
+                    "Random-access reads of an object_store object through a block cache",
+                    "jetcode",
+                )
+            });
+            Some(&*META)
+        }
+
+        fn pad_templates() -> &'static [gst::PadTemplate] {
+            static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &gst::Caps::new_any(),
+                )
+                .map(|t| vec![t])
+                .unwrap_or_default()
+            });
+            TEMPLATES.as_ref()
+        }
+    }
+
+    impl BaseSrcImpl for CachedSrc {
+        fn start(&self) -> Result<(), gst::ErrorMessage> {
+            match self.cache() {
+                Some(_) => Ok(()),
+                None => Err(gst::error_msg!(
+                    gst::ResourceError::NotFound,
+                    ["no source object set"]
+                )),
+            }
+        }
+
+        fn is_seekable(&self) -> bool {
+            true
+        }
+
+        fn size(&self) -> Option<u64> {
+            self.cache().map(|c| c.size())
+        }
+
+        fn fill(
+            &self,
+            offset: u64,
+            length: u32,
+            buffer: &mut gst::BufferRef,
+        ) -> Result<gst::FlowSuccess, gst::FlowError> {
+            let cache = self.cache().ok_or(gst::FlowError::Error)?;
+            if offset >= cache.size() {
+                return Err(gst::FlowError::Eos);
+            }
+            let mut filled = 0usize;
+            {
+                let mut map = buffer.map_writable().map_err(|_| gst::FlowError::Error)?;
+                let want = (length as usize).min(map.len());
+                while filled < want {
+                    let chunk = match cache.read_at(offset + filled as u64, want - filled) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            gst::element_imp_error!(
+                                self,
+                                gst::ResourceError::Read,
+                                ["{}", e.message]
+                            );
+                            return Err(gst::FlowError::Error);
+                        }
+                    };
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    map[filled..filled + chunk.len()].copy_from_slice(&chunk);
+                    filled += chunk.len();
+                }
+            }
+            buffer.set_size(filled);
+            buffer.set_offset(offset);
+            buffer.set_offset_end(offset + filled as u64);
+            Ok(gst::FlowSuccess::Ok)
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,9 @@ pub struct ClipOptions {
     /// Maximum GOP length in frames (x264 `key-int-max`).
     pub gop: u32,
     pub audio: bool,
+    /// Random noise instead of a moving ball: nearly incompressible, so a
+    /// short clip is megabytes (to measure source reads).
+    pub noise: bool,
 }
 
 impl Default for ClipOptions {
@@ -33,6 +36,7 @@ impl Default for ClipOptions {
             height: 240,
             gop: 50,
             audio: true,
+            noise: false,
         }
     }
 }
@@ -59,7 +63,7 @@ pub fn generate_clip(path: &Path, o: &ClipOptions) -> Result<(), MediaError> {
     let pipeline = gst::Pipeline::new();
     let vsrc = gst::ElementFactory::make("videotestsrc")
         .property("num-buffers", o.frames() as i32)
-        .property_from_str("pattern", "ball")
+        .property_from_str("pattern", if o.noise { "snow" } else { "ball" })
         .build()
         .map_err(|_| MediaError::transient("videotestsrc missing"))?;
     // I420 explicitly: videotestsrc would otherwise negotiate 4:4:4, which
