@@ -69,6 +69,37 @@ fn field(v: &[(String, String)], k: &str) -> f64 {
         .unwrap_or_else(|| panic!("no numeric {k} in {v:?}"))
 }
 
+/// (start, duration) in seconds of one stream: first presentation time to
+/// the end of the last video packet or decoded audio frame. Works the same
+/// for every container (Matroska has no stream duration field), and audio is
+/// measured after decoding so codec delay (Opus pre-skip) is not counted.
+fn span(path: &Path, stream: &str) -> (f64, f64) {
+    let entries = if stream.starts_with('a') {
+        // ffmpeg 5 names it pkt_duration_time, later ones duration_time.
+        "frame=pts_time,pkt_duration_time,duration_time"
+    } else {
+        "packet=pts_time,duration_time"
+    };
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", stream])
+        .args(["-show_entries", entries, "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    assert!(out.status.success(), "ffprobe {}", path.display());
+    let (mut start, mut end) = (f64::MAX, f64::MIN);
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut it = l.split(',').map(|x| x.trim().parse::<f64>());
+        let pts = it.next().and_then(|x| x.ok());
+        if let (Some(pts), Some(dur)) = (pts, it.find_map(|x| x.ok())) {
+            start = start.min(pts);
+            end = end.max(pts + dur);
+        }
+    }
+    assert!(start < end, "no packets in {} {stream}", path.display());
+    (start, end - start)
+}
+
 fn ffprobe_frames(path: &Path) -> u64 {
     field(
         &ffprobe(path, "v:0", "stream=nb_read_frames", true),
@@ -239,18 +270,20 @@ fn check_job(src: &Path, out: &Path, p: &Plan, m: &Manifest) {
         "frame count of {}",
         mp4.display()
     );
-    let src_v = ffprobe(src, "v:0", "stream=duration,start_time", false);
-    let dv = field(&v, "duration") - field(&src_v, "duration");
+    let (v_start, v_dur) = span(&mp4, "v:0");
+    let (src_v_start, src_v_dur) = span(src, "v:0");
+    let dv = v_dur - src_v_dur;
     assert!(dv.abs() <= frame_s + 1e-6, "video duration off by {dv} s");
 
-    let a = ffprobe(&mp4, "a:0", "stream=duration,start_time", false);
-    let src_a = ffprobe(src, "a:0", "stream=duration", false);
-    let av = field(&a, "start_time") - field(&v, "start_time");
+    // Sync is kept when the output's A/V offset equals the source's.
+    let (a_start, a_dur) = span(&mp4, "a:0");
+    let (src_a_start, src_a_dur) = span(src, "a:0");
+    let av = (a_start - v_start) - (src_a_start - src_v_start);
     assert!(av.abs() <= aac_frame_s, "A/V start offset {av} s");
-    let da = field(&a, "duration") - field(&src_a, "duration");
+    let da = a_dur - src_a_dur;
     assert!(da.abs() <= aac_frame_s, "audio duration off by {da} s");
     eprintln!(
-        "job {}: {} segments, frames {} (source {}), video duration diff {dv:.6} s, A/V start offset {:.3} ms, audio duration diff {:.3} ms",
+        "job {}: {} segments, frames {} (source {}), video duration diff {dv:.6} s, A/V offset change vs source {:.3} ms, audio duration diff {:.3} ms",
         out.display(),
         p.segments.len(),
         field(&v, "nb_read_frames"),
@@ -720,4 +753,51 @@ fn segment_child_reads_only_its_range_through_the_block_cache() {
     );
     assert!(gets <= blocks, "no block fetched twice: {gets} > {blocks}");
     assert_eq!(ffprobe_frames(&work.output), s.frames());
+}
+
+/// The containers sources come in: Matroska and MPEG-TS remuxed by ffmpeg
+/// (TS starts at 1.4 s, not 0), and WebM with VP9 + Opus.
+#[test]
+fn mkv_ts_and_webm_sources_are_frame_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = ClipOptions {
+        seconds: 6.0,
+        gop: 25,
+        ..Default::default()
+    };
+    let mp4 = clip(dir.path(), "src.mp4", &o);
+    let copy: &[&str] = &["-c", "copy"];
+    let vp9: &[&str] = &[
+        "-c:v",
+        "libvpx-vp9",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-g",
+        "25",
+        "-b:v",
+        "0",
+        "-crf",
+        "30",
+        "-c:a",
+        "libopus",
+    ];
+    for (name, args) in [("src.mkv", copy), ("src.ts", copy), ("src.webm", vp9)] {
+        let src = dir.path().join(name);
+        let st = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(&mp4)
+            .args(args)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ffmpeg {name}");
+        let facts = probe::probe(&src).unwrap_or_else(|e| panic!("probe {name}: {e:?}"));
+        assert_eq!(facts.frames, o.frames(), "{name}");
+        let out = dir.path().join(format!("out-{name}"));
+        let (p, m) = run_job(&src, &out, 2.0, &[rendition("r240", 240, 26)]);
+        assert_eq!(p.segments.len(), 3, "{name}");
+        check_job(&src, &out, &p, &m);
+    }
 }
