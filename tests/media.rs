@@ -441,19 +441,10 @@ fn ntsc_job_is_frame_exact_and_stitch_is_idempotent() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-#[test]
-fn segmented_quality_matches_single_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = ClipOptions {
-        seconds: 12.0,
-        gop: 50,
-        audio: false,
-        ..Default::default()
-    };
-    let src = clip(dir.path(), "src.mp4", &o);
-    let r = rendition("q", 240, 20);
-    let out = dir.path().join("seg");
-    let facts = probe::probe(&src).unwrap();
+/// Encode `src` as 4 segments joined by `cat`, and as one single-pass
+/// segment with the same rendition: (joined parts, single pass).
+fn segmented_and_single_pass(dir: &Path, src: &Path, r: &Rendition) -> (PathBuf, PathBuf) {
+    let facts = probe::probe(src).unwrap();
     let p = plan(
         &facts,
         &PlanOptions {
@@ -465,9 +456,9 @@ fn segmented_quality_matches_single_pass() {
     assert_eq!(p.segments.len(), 4);
     let mut parts = vec![];
     for s in &p.segments {
-        let output = out.join(part_key("q", s.index));
+        let output = dir.join(part_key(&r.name, s.index));
         let w = SegmentWork {
-            input: src.clone(),
+            input: src.to_path_buf(),
             output: output.clone(),
             rendition: r.clone(),
             segment: *s,
@@ -477,9 +468,8 @@ fn segmented_quality_matches_single_pass() {
         segment::encode_segment(&w, &mut |_, _| {}).unwrap();
         parts.push(std::fs::read(output).unwrap());
     }
-    let joined = dir.path().join("joined.ts");
+    let joined = dir.join(format!("{}-joined.ts", r.name));
     std::fs::write(&joined, parts.concat()).unwrap();
-    // Single pass: one segment covering the whole source, same settings.
     let whole = plan(
         &facts,
         &PlanOptions {
@@ -489,12 +479,12 @@ fn segmented_quality_matches_single_pass() {
     )
     .unwrap();
     assert_eq!(whole.segments.len(), 1);
-    let single = dir.path().join("single.ts");
+    let single = dir.join(format!("{}-single.ts", r.name));
     segment::encode_segment(
         &SegmentWork {
-            input: src.clone(),
+            input: src.to_path_buf(),
             output: single.clone(),
-            rendition: r,
+            rendition: r.clone(),
             segment: whole.segments[0],
             fps_num: p.fps_num,
             fps_den: p.fps_den,
@@ -502,7 +492,21 @@ fn segmented_quality_matches_single_pass() {
         &mut |_, _| {},
     )
     .unwrap();
-    assert_eq!(ffprobe_frames(&joined), 300);
+    assert_eq!(ffprobe_frames(&joined), facts.frames);
+    (joined, single)
+}
+
+#[test]
+fn segmented_quality_matches_single_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = ClipOptions {
+        seconds: 12.0,
+        gop: 50,
+        audio: false,
+        ..Default::default()
+    };
+    let src = clip(dir.path(), "src.mp4", &o);
+    let (joined, single) = segmented_and_single_pass(dir.path(), &src, &rendition("q", 240, 20));
     let seg_psnr = psnr(&joined, &src);
     let single_psnr = psnr(&single, &src);
     eprintln!("PSNR vs source: segmented {seg_psnr:.3} dB, single pass {single_psnr:.3} dB");
@@ -512,6 +516,58 @@ fn segmented_quality_matches_single_pass() {
     assert!(
         seg_psnr >= single_psnr - 0.05,
         "segmented {seg_psnr} dB vs single pass {single_psnr} dB"
+    );
+}
+
+/// MD5 of every decoded video frame, in presentation order. Timestamps are
+/// left out: parts keep the source timeline, the source starts at 0.
+fn frame_md5s(path: &Path) -> Vec<String> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args([
+            "-map", "0:v:0", "-pix_fmt", "yuv420p", "-f", "framemd5", "-",
+        ])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(out.status.success(), "framemd5 {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(',').next().map(|m| m.trim().to_string()))
+        .collect()
+}
+
+/// Lossless (CRF 0): every stitched frame equals the single-pass frame, and
+/// both equal the decoded source: segmenting adds, drops or alters nothing.
+#[test]
+fn lossless_segmented_frames_equal_single_pass_and_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = ClipOptions {
+        seconds: 12.0,
+        gop: 50,
+        audio: false,
+        ..Default::default()
+    };
+    let src = clip(dir.path(), "src.mp4", &o);
+    let (joined, single) = segmented_and_single_pass(dir.path(), &src, &rendition("ll", 240, 0));
+    let want = frame_md5s(&src);
+    assert_eq!(want.len() as u64, o.frames());
+    let got_single = frame_md5s(&single);
+    let got_joined = frame_md5s(&joined);
+    let diff = |got: &[String]| got.iter().zip(&want).filter(|(a, b)| a != b).count();
+    assert_eq!(got_single.len(), want.len());
+    assert_eq!(got_joined.len(), want.len());
+    assert_eq!(
+        diff(&got_single),
+        0,
+        "single pass frames differ from source"
+    );
+    assert_eq!(diff(&got_joined), 0, "segmented frames differ from source");
+    eprintln!(
+        "lossless: {} of {} frames identical (segmented, single pass, source)",
+        want.len(),
+        want.len()
     );
 }
 
