@@ -658,3 +658,31 @@ async fn task_that_exhausts_its_deliveries_fails_the_job() {
     let mut dead = js.get_stream(jetcode::subjects::DEAD_STREAM).await.unwrap();
     assert!(dead.info().await.unwrap().state.messages >= 1);
 }
+
+/// A child over its memory limit fails its task with a reason that names
+/// the limit (and is retried), instead of growing until the OOM killer
+/// picks something on the machine.
+#[tokio::test(flavor = "multi_thread")]
+async fn child_over_its_memory_limit_fails_the_task_and_says_so() {
+    let f = Fixture::new().await;
+    // x264 `medium` at 1080p needs ~800 MB (measured); probe and audio fit
+    // in 256 MiB.
+    let src = f.clip("hd.mp4", 2.0, 1920, 1080);
+    let _w = f.worker("small", &["--child-memory-mb", "256"]);
+    f.client
+        .submit(&f.spec(
+            "big",
+            &src,
+            serde_json::json!([{"name": "r1080", "height": 1080, "crf": 23, "preset": "medium"}]),
+            2.0,
+        ))
+        .await
+        .unwrap();
+    let e = f
+        .wait_event("big", "a retry for the memory limit", |k| {
+            matches!(k, EventKind::Retried { reason, .. } if reason.contains("memory limit 256 MiB"))
+        })
+        .await;
+    eprintln!("{e:?}");
+    f.client.cancel("big").await.unwrap();
+}

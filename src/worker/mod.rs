@@ -47,6 +47,11 @@ pub struct WorkerArgs {
     /// A task may run this many times its segment duration (at least 300 s).
     #[arg(long, default_value_t = 30.0)]
     pub task_timeout_factor: f64,
+    /// Memory (RLIMIT_DATA) each media child may use, MiB; 0 = unlimited.
+    /// A child over it fails its task (retried, maybe on a bigger worker)
+    /// instead of waking the OOM killer on the whole machine.
+    #[arg(long, env = "JETCODE_CHILD_MEMORY_MB", default_value_t = 8192)]
+    pub child_memory_mb: u64,
     /// On SIGTERM, let in-flight tasks finish for this many seconds, then hand them back.
     #[arg(long, default_value_t = 30.0)]
     pub drain_timeout: f64,
@@ -67,6 +72,10 @@ impl WorkerArgs {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
             (cores / 2).max(1)
         })
+    }
+
+    fn child_memory(&self) -> Option<u64> {
+        (self.child_memory_mb > 0).then(|| self.child_memory_mb << 20)
     }
 
     fn stall(&self) -> Duration {

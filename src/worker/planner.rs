@@ -100,6 +100,7 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         limits: Limits {
             stall: PROBE_TIMEOUT,
             total: PROBE_TIMEOUT,
+            memory: w.args.child_memory(),
         },
         msg: Some(msg),
         stop: w.abort.child_token(),

@@ -18,6 +18,10 @@ pub struct Limits {
     pub stall: Duration,
     /// Kill when the child runs longer than this in total.
     pub total: Duration,
+    /// RLIMIT_DATA of the child in bytes (heap and private writable maps; a
+    /// leak or a huge frame ends in a failed allocation, not in the OOM
+    /// killer picking the worker). None: unlimited.
+    pub memory: Option<u64>,
 }
 
 /// How a child ended.
@@ -77,14 +81,27 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
     // SAFETY: prctl is async-signal-safe. The child dies with its worker,
     // even on SIGKILL, so no orphan keeps encoding a task that will be
     // redelivered elsewhere.
+    let memory = spec.limits.memory;
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(bytes) = memory {
+                let lim = libc::rlimit {
+                    rlim_cur: bytes as libc::rlim_t,
+                    rlim_max: bytes as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_DATA, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
+    let limit_note = memory
+        .map(|b| format!(" (memory limit {} MiB)", b >> 20))
+        .unwrap_or_default();
     let mut child = match cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -176,13 +193,13 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
         },
         (Some(ChildLine::Failed { reason, permanent }), _) => Outcome::Failed { reason, permanent },
         (_, Some(code)) => Outcome::Failed {
-            reason: format!("media child exited with {code}: {tail}"),
+            reason: format!("media child exited with {code}{limit_note}: {tail}"),
             permanent: code == EXIT_PERMANENT,
         },
         (_, None) => {
             use std::os::unix::process::ExitStatusExt;
             transient(format!(
-                "media child killed by signal {}: {tail}",
+                "media child killed by signal {}{limit_note}: {tail}",
                 status.signal().unwrap_or(0)
             ))
         }

@@ -203,6 +203,7 @@ async fn run_task(
     let limits = Limits {
         stall: w.args.stall(),
         total: Duration::from_secs_f64((seconds * w.args.task_timeout_factor).max(300.0)),
+        memory: w.args.child_memory(),
     };
     let frames_counter = &w.frames;
     let on_frames = move |n: u64| {
