@@ -75,7 +75,7 @@ impl WorkerArgs {
     }
 
     fn child_memory(&self) -> Option<u64> {
-        (self.child_memory_mb > 0).then(|| self.child_memory_mb << 20)
+        (self.child_memory_mb > 0).then_some(self.child_memory_mb << 20)
     }
 
     fn stall(&self) -> Duration {
