@@ -341,6 +341,36 @@ fn check_job(src: &Path, out: &Path, p: &Plan, m: &Manifest) {
     );
     ffprobe(&master_path, "a:0", "stream=codec_name", false);
 
+    // The audio playlist: one byte range of the audio file per video
+    // segment, tiling it, each a TS a player can start decoding on its own.
+    let audio_pl = std::fs::read_to_string(out.join("hls/audio.m3u8")).unwrap();
+    let audio_file = std::fs::read(out.join(AUDIO_PART_KEY)).unwrap();
+    let mut next = 0usize;
+    let mut asum = 0.0;
+    let mut ranges = 0;
+    for l in audio_pl.lines() {
+        if let Some(d) = l.strip_prefix("#EXTINF:") {
+            asum += d.trim_end_matches(',').parse::<f64>().unwrap();
+        } else if let Some(r) = l.strip_prefix("#EXT-X-BYTERANGE:") {
+            let (len, off) = r.split_once('@').unwrap();
+            let (len, off): (usize, usize) = (len.parse().unwrap(), off.parse().unwrap());
+            assert_eq!(off, next, "ranges tile the file\n{audio_pl}");
+            let piece = out.join(format!("audio-range-{ranges}.ts"));
+            std::fs::write(&piece, &audio_file[off..off + len]).unwrap();
+            let c = ffprobe(&piece, "a:0", "stream=codec_name", false);
+            assert!(c.iter().any(|(_, v)| v == "aac"), "range {ranges}: {c:?}");
+            std::fs::remove_file(&piece).unwrap();
+            next = off + len;
+            ranges += 1;
+        }
+    }
+    assert_eq!(next, audio_file.len(), "ranges cover the file");
+    assert_eq!(ranges, p.segments.len(), "{audio_pl}");
+    assert!(
+        (asum - src_a_dur).abs() <= aac_frame_s,
+        "audio EXTINF sum {asum} vs {src_a_dur}"
+    );
+
     // Manifest: every file exists with the recorded size and hash.
     let on_disk: Manifest =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();

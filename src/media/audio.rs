@@ -84,9 +84,8 @@ fn run(
         .map_err(|_| MediaError::transient("GStreamer element voaacenc is not installed"))?;
     let parse = util::make("aacparse")?;
     let mux = util::make("mpegtsmux")?;
-    let sink = util::file_sink(out)?;
+    let sink = util::done_file_sink(&pipeline, out)?;
     util::add_chain(&pipeline, &[&convert, &resample, &enc, &parse, &mux, &sink])?;
-    util::post_done_on_eos(&sink)?;
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let done_ms = Arc::new(AtomicU64::new(0));

@@ -211,7 +211,7 @@ fn run(
     let capsfilter = util::make("capsfilter")?;
     let queue = util::make("queue")?;
     let mux = util::make("mpegtsmux")?;
-    let sink = util::file_sink(out)?;
+    let sink = util::done_file_sink(&pipeline, out)?;
     util::add_chain(
         &pipeline,
         &[
@@ -225,7 +225,6 @@ fn run(
             &sink,
         ],
     )?;
-    util::post_done_on_eos(&sink)?;
 
     // Encoded frames, counted after the parser (one buffer per access unit).
     let written = Arc::new(AtomicU64::new(0));

@@ -109,10 +109,7 @@ pub fn stitch(
         }
         if let Some(a) = &audio {
             let ad = audio_duration_s(a, plan);
-            let text = format!(
-                "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:{ad:.6},\n../{AUDIO_PART_KEY}\n#EXT-X-ENDLIST\n",
-                ad.ceil().max(1.0) as u64
-            );
+            let text = audio_playlist(a, plan)?;
             util::write_atomic(&dir.join(HLS_AUDIO_KEY), text.as_bytes())?;
             files.push(describe(
                 dir,
@@ -161,6 +158,45 @@ pub fn stitch(
 
 fn scratch_dir(dir: &Path) -> PathBuf {
     dir.join(format!(".stitch-{}", std::process::id()))
+}
+
+/// The audio media playlist: byte ranges of the one audio file, cut near
+/// the video segment boundaries. One range per video segment keeps a
+/// player's first audio download as small as its first video one; a single
+/// whole-track segment would make it fetch all the audio before playing.
+fn audio_playlist(audio: &Path, plan: &Plan) -> Result<String, MediaError> {
+    let points = ts::entry_points(audio)
+        .map_err(|e| MediaError::transient(format!("read {}: {e}", audio.display())))?;
+    let first = points
+        .first()
+        .ok_or_else(|| MediaError::permanent(format!("{AUDIO_PART_KEY} has no audio")))?
+        .pts;
+    let size = std::fs::metadata(audio)
+        .map_err(|e| MediaError::transient(format!("read {}: {e}", audio.display())))?
+        .len();
+    let t0 = plan.segments[0].start_ns;
+    let ticks = |ns: u64| (ns as u128 * 90_000 / 1_000_000_000) as u64;
+    let cuts: Vec<u64> = plan.segments[1..]
+        .iter()
+        .map(|s| first + ticks(s.start_ns.saturating_sub(t0)))
+        .collect();
+    let ranges = ts::byte_ranges(&points, &cuts, first + ticks(plan.audio_duration_ns), size);
+    let target = ranges
+        .iter()
+        .map(|r| r.seconds)
+        .fold(1.0f64, f64::max)
+        .ceil() as u64;
+    let mut text = format!(
+        "#EXTM3U\n#EXT-X-VERSION:4\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n"
+    );
+    for r in &ranges {
+        text.push_str(&format!(
+            "#EXTINF:{:.6},\n#EXT-X-BYTERANGE:{}@{}\n../{AUDIO_PART_KEY}\n",
+            r.seconds, r.length, r.offset
+        ));
+    }
+    text.push_str("#EXT-X-ENDLIST\n");
+    Ok(text)
 }
 
 fn audio_duration_s(_audio: &Path, plan: &Plan) -> f64 {

@@ -9,10 +9,10 @@ use gstreamer::prelude::*;
 
 use super::MediaError;
 
-/// Name of the application message a pipeline posts when its real sink saw EOS.
+/// Name of the file sink whose own EOS ends a pipeline ([`Ended::Done`]).
 /// Used where other branches (e.g. an ignored audio track) would otherwise
 /// keep the pipeline running after the wanted output is complete.
-pub(crate) const DONE_MESSAGE: &str = "jetcode-done";
+const DONE_SINK: &str = "jetcode-done-sink";
 
 /// Initialise GStreamer once; a failure here is an installation problem.
 pub(crate) fn init() -> Result<(), MediaError> {
@@ -168,35 +168,46 @@ fn drive_inner(
         match msg.view() {
             gst::MessageView::Eos(_) => return Ok(Ended::Eos),
             gst::MessageView::Error(err) => return Err(from_gst_error(err)),
-            gst::MessageView::Application(app)
-                if app.structure().is_some_and(|s| s.name() == DONE_MESSAGE) =>
-            {
-                return Ok(Ended::Done);
-            }
+            gst::MessageView::Element(el) if is_done_sink_eos(el) => return Ok(Ended::Done),
             _ => {}
         }
     }
 }
 
-/// Post [`DONE_MESSAGE`] when EOS reaches `sink`'s sink pad, i.e. after the
-/// sink received (and, for filesink, wrote) everything.
-pub(crate) fn post_done_on_eos(sink: &gst::Element) -> Result<(), MediaError> {
-    let pad = sink
-        .static_pad("sink")
-        .ok_or_else(|| MediaError::transient("sink without sink pad"))?;
-    let weak = sink.downgrade();
-    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-        if let Some(ev) = info.event() {
-            if ev.type_() == gst::EventType::Eos {
-                if let Some(el) = weak.upgrade() {
-                    let s = gst::Structure::new_empty(DONE_MESSAGE);
-                    let _ = el.post_message(gst::message::Application::builder(s).src(&el).build());
-                }
-            }
-        }
-        gst::PadProbeReturn::Ok
-    });
-    Ok(())
+/// A file sink for `path` whose EOS ends `pipeline` ([`Ended::Done`]) even
+/// while other branches still run.
+///
+/// Why the sink's own EOS message, forwarded by the bin, and not a probe on
+/// its sink pad: filesink batches up to 64 KiB and writes the batch when it
+/// handles EOS. A pad probe fires before that; stopping the pipeline then
+/// dropped the batch, and under load parts came out short or empty.
+pub(crate) fn done_file_sink(
+    pipeline: &gst::Pipeline,
+    path: &Path,
+) -> Result<gst::Element, MediaError> {
+    pipeline.set_property("message-forward", true);
+    gst::ElementFactory::make("filesink")
+        .name(DONE_SINK)
+        .property("location", path.to_string_lossy().as_ref())
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .map_err(|_| MediaError::transient("GStreamer element filesink is not installed"))
+}
+
+/// A child's EOS message, forwarded by the pipeline, from the done sink:
+/// the sink has handled EOS, so everything is written.
+fn is_done_sink_eos(el: &gst::message::Element) -> bool {
+    let Some(s) = el.structure() else {
+        return false;
+    };
+    if s.name() != "GstBinForwarded" {
+        return false;
+    }
+    let Ok(inner) = s.get::<gst::Message>("message") else {
+        return false;
+    };
+    inner.type_() == gst::MessageType::Eos && inner.src().is_some_and(|src| src.name() == DONE_SINK)
 }
 
 /// Stream time of `pts` under `seg`, nanoseconds.
