@@ -354,6 +354,18 @@ impl Rendition {
         if self.crf.is_none() && self.bitrate.is_none() {
             p.push(format!("rendition {n}: needs crf, bitrate or both"));
         }
+        if matches!(self.codec, Codec::Vp9 | Codec::Av1) {
+            // Parts are MPEG-TS (concatenable, HLS-ready); GStreamer 1.22's
+            // mpegtsmux carries neither VP9 nor AV1.
+            p.push(format!(
+                "rendition {n}: codec {} is not supported yet (use h264 or h265)",
+                if self.codec == Codec::Vp9 {
+                    "vp9"
+                } else {
+                    "av1"
+                }
+            ));
+        }
         if !SPEED_PRESETS.contains(&self.preset.as_str()) {
             p.push(format!(
                 "rendition {n}: preset {:?} unknown (known: {})",
@@ -459,6 +471,10 @@ mod tests {
             (
                 r#"{"source":"file:///a","output":"file:///o/","renditions":[{"name":"x","height":721,"crf":60}]}"#,
                 "height 721",
+            ),
+            (
+                r#"{"source":"file:///a","output":"file:///o/","renditions":[{"name":"x","height":720,"crf":30,"codec":"vp9"}]}"#,
+                "codec vp9 is not supported yet",
             ),
             (
                 r#"{"source":"file:///a","output":"file:///o/","renditions":["h264-720p"],"segment_seconds":0.5}"#,
