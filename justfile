@@ -35,6 +35,11 @@ demo *ARGS:
     cargo build --release
     scripts/demo.sh {{ARGS}}
 
+# Single pass vs distributed on the same clip, side by side; writes BENCHMARKS.md.
+bench *ARGS:
+    cargo build --release --bin jetcode --example bench
+    target/release/examples/bench {{ARGS}}
+
 # Start a local nats-server (file store under .data/) in the foreground.
 up:
     mkdir -p .data/nats
