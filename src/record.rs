@@ -72,6 +72,9 @@ pub enum EventKind {
     TaskStarted {
         task: String,
         worker: String,
+        /// JetStream delivery count of this task message (1 = first try).
+        #[serde(default)]
+        attempt: u64,
     },
     TaskDone {
         task: String,

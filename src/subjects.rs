@@ -81,6 +81,13 @@ pub fn dead_letter_subjects() -> Vec<String> {
     ]
 }
 
+/// Msg-Id of a task's fresh copy, published when a worker hands the task
+/// back (drain) so the hand-back does not spend one of its deliveries:
+/// `<original Msg-Id>.h<stream seq of the message handed back>`.
+pub fn handback_msg_id(original: &str, seq: u64) -> String {
+    format!("{original}.h{seq}")
+}
+
 /// Key of a task's checkpoint in [`PROGRESS_BUCKET`]: `<job>.<task>`.
 pub fn progress_key(job: &str, task: &str) -> String {
     format!("{job}.{task}")

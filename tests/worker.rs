@@ -255,16 +255,21 @@ async fn sigterm_hands_in_flight_work_back_at_once() {
         "heartbeat deleted on exit"
     );
     let _b = f.worker("taker", &[]);
-    // Handed back with a nak, so it comes again well before ack_wait (30 s).
+    // Handed back as a fresh copy, so it comes again well before ack_wait
+    // (30 s), and as a first attempt: a drain spends none of its deliveries.
     let t = task.clone();
     let again = tokio::time::timeout(
         Duration::from_secs(15),
         f.wait_event("term", "the same task restarted by taker", move |k| {
-            matches!(k, EventKind::TaskStarted { task, worker } if *task == t && worker == "taker")
+            matches!(k, EventKind::TaskStarted { task, worker, .. } if *task == t && worker == "taker")
         }),
     )
     .await;
-    assert!(again.is_ok(), "{task} not handed back promptly");
+    let again = again.unwrap_or_else(|_| panic!("{task} not handed back promptly"));
+    assert!(
+        matches!(again.kind, EventKind::TaskStarted { attempt: 1, .. }),
+        "hand-back spent a delivery: {again:?}"
+    );
     let rec = f
         .client
         .wait("term", Some(Duration::from_secs(240)))

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -364,11 +364,11 @@ async fn pull_loop(
                 }
             };
             if w.shutdown.is_cancelled() {
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                tasks::hand_back(&w.js, &msg).await;
                 continue;
             }
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                tasks::hand_back(&w.js, &msg).await;
                 continue;
             };
             let w = w.clone();

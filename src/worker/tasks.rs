@@ -55,7 +55,7 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
             "ok"
         }
         Verdict::HandBack => {
-            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            hand_back(&w.js, &msg).await;
             "handed_back"
         }
         Verdict::Retry(reason) if delivered < crate::streams::TASK_MAX_DELIVER => {
@@ -93,6 +93,43 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
     };
     metrics::counter!(m::TASKS_TOTAL, m::LABEL_KIND => kind.as_str(), m::LABEL_OUTCOME => outcome)
         .increment(1);
+}
+
+/// Give a task to another worker now, without spending one of its
+/// deliveries. JetStream counts a nak as a delivery, so a task handed back
+/// by draining workers (scale-down) `max_deliver` times would be
+/// dead-lettered although it never failed. A fresh copy starts at zero; the
+/// original is acked only once the copy is stored. A crash in between
+/// leaves both, and running a task twice is harmless (checkpoints).
+pub(super) async fn hand_back(js: &jetstream::Context, msg: &jetstream::Message) {
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let original = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_else(|| msg.subject.to_string());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        subjects::handback_msg_id(&original, seq).as_str(),
+    );
+    let stored = match js
+        .publish_with_headers(msg.subject.clone(), headers, msg.payload.clone())
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match stored {
+        Ok(()) => {
+            let _ = msg.double_ack().await;
+        }
+        Err(e) => {
+            tracing::warn!(subject = %msg.subject, "hand-back copy not stored, naking: {e}");
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+        }
+    }
 }
 
 /// Mark the job failed (if it is still running) and announce it.
@@ -151,6 +188,7 @@ async fn run_task(
             EventKind::TaskStarted {
                 task: task.id.clone(),
                 worker: w.id.clone(),
+                attempt: msg.info().map(|i| i.delivered as u64).unwrap_or(1),
             },
         )
         .await?;
