@@ -526,16 +526,21 @@ fn segmented_and_single_pass(dir: &Path, src: &Path, r: &Rendition) -> (PathBuf,
     (joined, single)
 }
 
-#[test]
-fn segmented_quality_matches_single_pass() {
-    let dir = tempfile::tempdir().unwrap();
+/// 12 s of video only, 2 s GOP: the clip the quality tests encode.
+fn quality_clip(dir: &Path) -> (PathBuf, ClipOptions) {
     let o = ClipOptions {
         seconds: 12.0,
         gop: 50,
         audio: false,
         ..Default::default()
     };
-    let src = clip(dir.path(), "src.mp4", &o);
+    (clip(dir, "src.mp4", &o), o)
+}
+
+#[test]
+fn segmented_quality_matches_single_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, _) = quality_clip(dir.path());
     let (joined, single) = segmented_and_single_pass(dir.path(), &src, &rendition("q", 240, 20));
     let seg_psnr = psnr(&joined, &src);
     let single_psnr = psnr(&single, &src);
@@ -573,13 +578,7 @@ fn frame_md5s(path: &Path) -> Vec<String> {
 #[test]
 fn lossless_segmented_frames_equal_single_pass_and_source() {
     let dir = tempfile::tempdir().unwrap();
-    let o = ClipOptions {
-        seconds: 12.0,
-        gop: 50,
-        audio: false,
-        ..Default::default()
-    };
-    let src = clip(dir.path(), "src.mp4", &o);
+    let (src, o) = quality_clip(dir.path());
     let (joined, single) = segmented_and_single_pass(dir.path(), &src, &rendition("ll", 240, 0));
     let want = frame_md5s(&src);
     assert_eq!(want.len() as u64, o.frames());

@@ -42,25 +42,7 @@ impl Advisory {
 }
 
 pub(super) async fn dead_letter_loop(w: Arc<Worker>, consumer: PullConsumer) {
-    loop {
-        if w.shutdown.is_cancelled() {
-            return;
-        }
-        let batch = tokio::select! {
-            _ = w.shutdown.cancelled() => return,
-            b = consumer.fetch().max_messages(16).expires(Duration::from_secs(5)).messages() => b,
-        };
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!("dead-letter fetch: {e}");
-                tokio::select! {
-                    _ = w.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            }
-        };
+    while let Some(mut batch) = super::next_batch(&w, &consumer, 16, "dead-letter").await {
         while let Some(Ok(msg)) = batch.next().await {
             let advisory: Advisory = match serde_json::from_slice(&msg.payload) {
                 Ok(a) => a,

@@ -384,6 +384,36 @@ async fn pull_loop(
     }
 }
 
+/// The next batch of up to `max` messages of a short-task role (planner,
+/// dead letters), waiting at most 5 s; `None` once the worker shuts down.
+/// NATS trouble is logged and retried after a second.
+async fn next_batch(
+    w: &Worker,
+    consumer: &PullConsumer,
+    max: usize,
+    role: &str,
+) -> Option<jetstream::consumer::pull::Batch> {
+    loop {
+        if w.shutdown.is_cancelled() {
+            return None;
+        }
+        let batch = tokio::select! {
+            _ = w.shutdown.cancelled() => return None,
+            b = consumer.fetch().max_messages(max).expires(Duration::from_secs(5)).messages() => b,
+        };
+        match batch {
+            Ok(b) => return Some(b),
+            Err(e) => {
+                tracing::warn!("{role} fetch: {e}");
+                tokio::select! {
+                    _ = w.shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Kill children of cancelled jobs as soon as the control message arrives.
 async fn cancel_listener(w: Arc<Worker>, stop: CancellationToken) {
     let mut sub = match w.nats.subscribe(subjects::CANCEL_ALL).await {

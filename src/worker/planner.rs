@@ -19,25 +19,7 @@ use crate::task::{Task, TaskBody, AUDIO_TASK_ID};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub(super) async fn planner_loop(w: Arc<Worker>, consumer: PullConsumer) {
-    loop {
-        if w.shutdown.is_cancelled() {
-            return;
-        }
-        let batch = tokio::select! {
-            _ = w.shutdown.cancelled() => return,
-            b = consumer.fetch().max_messages(1).expires(Duration::from_secs(5)).messages() => b,
-        };
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!("planner fetch: {e}");
-                tokio::select! {
-                    _ = w.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            }
-        };
+    while let Some(mut batch) = super::next_batch(&w, &consumer, 1, "planner").await {
         while let Some(Ok(msg)) = batch.next().await {
             if w.shutdown.is_cancelled() {
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
