@@ -107,6 +107,7 @@ pub async fn heartbeat_loop(w: Arc<Worker>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            _ = w.busy_changed.notified() => {}
         }
     }
     if let Err(e) = kv.delete(&w.id).await {
