@@ -178,6 +178,7 @@ async fn main() -> Res<()> {
         segment: whole.segments[0],
         fps_num: whole.fps_num,
         fps_den: whole.fps_den,
+        pts_offset_ns: whole.pts_offset_ns,
     };
     let audio = AudioWork {
         input: src.clone(),

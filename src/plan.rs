@@ -33,6 +33,11 @@ pub struct SourceFacts {
     /// Stream time of the first video frame, nanoseconds (edit lists shift it).
     #[serde(default)]
     pub first_pts_ns: u64,
+    /// Demuxer timestamp minus stream time of the video, nanoseconds: one
+    /// constant per source, so a segment encoder can place frames by their
+    /// timestamps alone (see [`Plan::pts_offset_ns`]).
+    #[serde(default)]
+    pub pts_offset_ns: i64,
     pub audio: Option<AudioFacts>,
 }
 
@@ -100,6 +105,13 @@ pub struct Plan {
     pub audio_duration_ns: u64,
     pub width: u32,
     pub height: u32,
+    /// Demuxer timestamp minus stream time of the video. Segment encoders
+    /// select frames by `pts - pts_offset_ns` instead of mapping through the
+    /// demuxer's segment events, because some demuxers (matroskademux after
+    /// a seek) send a provisional segment and replace it without a flush,
+    /// which shifted the first frames of a part by the stream's start.
+    #[serde(default)]
+    pub pts_offset_ns: i64,
 }
 
 /// Why a source cannot be planned.
@@ -170,6 +182,7 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
         audio_duration_ns: facts.audio.as_ref().map_or(0, |a| a.duration_ns),
         width: facts.width,
         height: facts.height,
+        pts_offset_ns: facts.pts_offset_ns,
     })
 }
 
@@ -199,6 +212,7 @@ mod tests {
             video_codec: "video/x-h264".into(),
             keyframes,
             first_pts_ns: 0,
+            pts_offset_ns: 0,
             audio: None,
         }
     }

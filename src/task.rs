@@ -32,6 +32,8 @@ pub enum TaskBody {
         segment: Segment,
         fps_num: u32,
         fps_den: u32,
+        #[serde(default)]
+        pts_offset_ns: i64,
     },
     Audio,
     Stitch {
@@ -72,6 +74,9 @@ pub struct SegmentWork {
     pub segment: Segment,
     pub fps_num: u32,
     pub fps_den: u32,
+    /// [`crate::plan::Plan::pts_offset_ns`] of the source.
+    #[serde(default)]
+    pub pts_offset_ns: i64,
 }
 
 /// Work order for `jetcode media audio`: encode the whole audio track of

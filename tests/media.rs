@@ -160,6 +160,7 @@ fn run_job(
                 segment: *s,
                 fps_num: p.fps_num,
                 fps_den: p.fps_den,
+                pts_offset_ns: p.pts_offset_ns,
             };
             let mut calls = 0;
             let n = segment::encode_segment(&work, &mut |_, _| calls += 1).expect("segment");
@@ -281,7 +282,14 @@ fn check_job(src: &Path, out: &Path, p: &Plan, m: &Manifest) {
     let av = (a_start - v_start) - (src_a_start - src_v_start);
     assert!(av.abs() <= aac_frame_s, "A/V start offset {av} s");
     let da = a_dur - src_a_dur;
-    assert!(da.abs() <= aac_frame_s, "audio duration off by {da} s");
+    // One AAC frame, plus 0.1 ms for ffprobe's microsecond printing and MP4
+    // timescale rounding: on ffmpeg-made MP4s GStreamer 1.22's qtdemux drops
+    // the last AAC packet of the edit list, so those come out a frame short
+    // (measured -21.355 ms; see the media engine notes).
+    assert!(
+        da.abs() <= aac_frame_s + 1e-4,
+        "audio duration off by {da} s"
+    );
     eprintln!(
         "job {}: {} segments, frames {} (source {}), video duration diff {dv:.6} s, A/V offset change vs source {:.3} ms, audio duration diff {:.3} ms",
         out.display(),
@@ -367,7 +375,7 @@ fn check_job(src: &Path, out: &Path, p: &Plan, m: &Manifest) {
     assert_eq!(next, audio_file.len(), "ranges cover the file");
     assert_eq!(ranges, p.segments.len(), "{audio_pl}");
     assert!(
-        (asum - src_a_dur).abs() <= aac_frame_s,
+        (asum - src_a_dur).abs() <= aac_frame_s + 1e-4,
         "audio EXTINF sum {asum} vs {src_a_dur}"
     );
 
@@ -494,6 +502,7 @@ fn segmented_and_single_pass(dir: &Path, src: &Path, r: &Rendition) -> (PathBuf,
             segment: *s,
             fps_num: p.fps_num,
             fps_den: p.fps_den,
+            pts_offset_ns: p.pts_offset_ns,
         };
         segment::encode_segment(&w, &mut |_, _| {}).unwrap();
         parts.push(std::fs::read(output).unwrap());
@@ -518,6 +527,7 @@ fn segmented_and_single_pass(dir: &Path, src: &Path, r: &Rendition) -> (PathBuf,
             segment: whole.segments[0],
             fps_num: p.fps_num,
             fps_den: p.fps_den,
+            pts_offset_ns: p.pts_offset_ns,
         },
         &mut |_, _| {},
     )
@@ -680,6 +690,7 @@ fn bad_input_fails_permanently_and_quickly() {
             segment: p.segments[0],
             fps_num: p.fps_num,
             fps_den: p.fps_den,
+            pts_offset_ns: p.pts_offset_ns,
         },
         &mut |_, _| {},
     );
@@ -697,6 +708,7 @@ fn bad_input_fails_permanently_and_quickly() {
             segment: p.segments[0],
             fps_num: p.fps_num,
             fps_den: p.fps_den,
+            pts_offset_ns: p.pts_offset_ns,
         },
         &mut |_, _| {},
     );
@@ -759,6 +771,7 @@ fn h265_segment_keeps_timeline() {
             segment: s,
             fps_num: p.fps_num,
             fps_den: p.fps_den,
+            pts_offset_ns: p.pts_offset_ns,
         },
         &mut |_, _| {},
     )
@@ -809,6 +822,7 @@ fn segment_child_reads_only_its_range_through_the_block_cache() {
         segment: s,
         fps_num: p.fps_num,
         fps_den: p.fps_den,
+        pts_offset_ns: p.pts_offset_ns,
     };
     let out = Command::new(env!("CARGO_BIN_EXE_jetcode"))
         .args(["media", "segment", "--task"])
@@ -840,8 +854,9 @@ fn segment_child_reads_only_its_range_through_the_block_cache() {
     assert_eq!(ffprobe_frames(&work.output), s.frames());
 }
 
-/// The containers sources come in: Matroska and MPEG-TS remuxed by ffmpeg
-/// (TS starts at 1.4 s, not 0), and WebM with VP9 + Opus.
+/// The containers sources come in: Matroska (also starting 23 ms late, as
+/// after an audio-primed remux) and MPEG-TS (starting at 1.4 s) remuxed by
+/// ffmpeg, and WebM with VP9 + Opus.
 #[test]
 fn mkv_ts_and_webm_sources_are_frame_exact() {
     let dir = tempfile::tempdir().unwrap();
@@ -868,7 +883,20 @@ fn mkv_ts_and_webm_sources_are_frame_exact() {
         "-c:a",
         "libopus",
     ];
-    for (name, args) in [("src.mkv", copy), ("src.ts", copy), ("src.webm", vp9)] {
+    let late: &[&str] = &["-c", "copy", "-output_ts_offset", "0.023"];
+    // What most real sources are: libx264 with B-frames (PTS != DTS, an MP4
+    // edit list) and ffmpeg's AAC with priming.
+    let bframes: &[&str] = &[
+        "-c:v", "libx264", "-preset", "veryfast", "-bf", "3", "-g", "25", "-c:a", "aac",
+    ];
+    for (name, args) in [
+        ("bframes.mp4", bframes),
+        ("bframes.mkv", bframes),
+        ("src.mkv", copy),
+        ("late.mkv", late),
+        ("src.ts", copy),
+        ("src.webm", vp9),
+    ] {
         let src = dir.path().join(name);
         let st = Command::new("ffmpeg")
             .args(["-v", "error", "-y", "-i"])

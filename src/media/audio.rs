@@ -66,6 +66,94 @@ pub fn encode_audio(
     }
 }
 
+/// Samples per AAC-LC frame.
+const AAC_FRAME_SAMPLES: u64 = 1024;
+
+/// Complete the last AAC frame with silence at EOS. voaacenc drops a final
+/// partial frame, which cut up to 21 ms off the end of sources whose length
+/// is not a whole number of frames (most AAC from ffmpeg: 4.010 s came out
+/// 3.989 s).
+fn pad_last_frame(enc: &gst::Element) -> Result<(), MediaError> {
+    #[derive(Default)]
+    struct Fed {
+        samples: u64,
+        end: Option<gst::ClockTime>,
+    }
+    // On the encoder's sink pad: its EOS probe runs before the pad turns
+    // EOS, so the silence can still be chained in ahead of the EOS.
+    let pad = enc
+        .static_pad("sink")
+        .ok_or_else(|| MediaError::transient("audio encoder without sink pad"))?;
+    let fed = Arc::new(Mutex::new(Fed::default()));
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |pad, info| {
+            let Some((rate, bpf)) = raw_format(pad) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            if let Some(buf) = info.buffer() {
+                let mut f = fed.lock().unwrap_or_else(|e| e.into_inner());
+                f.samples += buf.size() as u64 / bpf;
+                if let (Some(pts), Some(d)) = (buf.pts(), buf.duration()) {
+                    f.end = Some(pts + d);
+                }
+                return gst::PadProbeReturn::Ok;
+            }
+            let is_eos = info
+                .event()
+                .is_some_and(|e| e.type_() == gst::EventType::Eos);
+            if !is_eos {
+                return gst::PadProbeReturn::Ok;
+            }
+            let (missing, end) = {
+                let f = fed.lock().unwrap_or_else(|e| e.into_inner());
+                let left = f.samples % AAC_FRAME_SAMPLES;
+                (
+                    if left == 0 {
+                        0
+                    } else {
+                        AAC_FRAME_SAMPLES - left
+                    },
+                    f.end,
+                )
+            };
+            if missing > 0 {
+                // Zero bytes are silence in every signed and float format.
+                let mut silence = gst::Buffer::from_mut_slice(vec![0u8; (missing * bpf) as usize]);
+                if let Some(b) = silence.get_mut() {
+                    b.set_pts(end);
+                    b.set_duration(gst::ClockTime::from_nseconds(
+                        missing * 1_000_000_000 / rate,
+                    ));
+                }
+                if let Err(e) = pad.chain(silence) {
+                    tracing::debug!("audio padding not taken: {e:?}");
+                }
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+    Ok(())
+}
+
+/// (rate, bytes per frame) of the raw audio on `pad`.
+fn raw_format(pad: &gst::Pad) -> Option<(u64, u64)> {
+    let caps = pad.current_caps()?;
+    let s = caps.structure(0)?;
+    let rate = s.get::<i32>("rate").ok()?.max(0) as u64;
+    let channels = s.get::<i32>("channels").ok()?.max(0) as u64;
+    let format = s.get::<&str>("format").ok()?;
+    let width = match format.get(1..3) {
+        Some("8") | Some("8L") | Some("8B") => 1,
+        Some("16") => 2,
+        Some("24") => 3,
+        Some("32") => 4,
+        Some("64") => 8,
+        _ => return None,
+    };
+    (rate > 0 && channels > 0).then_some((rate, width * channels))
+}
+
 fn run(
     input: &Path,
     out: &Path,
@@ -86,6 +174,8 @@ fn run(
     let mux = util::make("mpegtsmux")?;
     let sink = util::done_file_sink(&pipeline, out)?;
     util::add_chain(&pipeline, &[&convert, &resample, &enc, &parse, &mux, &sink])?;
+
+    pad_last_frame(&enc)?;
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let done_ms = Arc::new(AtomicU64::new(0));

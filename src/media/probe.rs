@@ -191,6 +191,12 @@ fn audio_sink(scan: Arc<Mutex<Scan>>) -> Option<gst::Element> {
     Some(sink.upcast())
 }
 
+/// `ts` moved into `[seg.start, seg.stop]`.
+fn clamp_to(seg: &gst::FormattedSegment<gst::ClockTime>, ts: gst::ClockTime) -> gst::ClockTime {
+    let lo = seg.start().map_or(ts, |s| ts.max(s));
+    seg.stop().map_or(lo, |s| lo.min(s))
+}
+
 fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo, MediaError> {
     let name = path.display();
     if scan.video.is_empty() {
@@ -214,11 +220,10 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
     let codec = s.name().to_string();
 
     let frames = scan.video.len() as u64;
-    // Frames are placed by their demuxer timestamps, not stream time: the
-    // raw timestamps are the one thing that stays the same across seeks,
-    // while some demuxers (matroskademux) change the segment mid-stream
-    // without a flush. The segment encoder's guard selects by the same
-    // timestamps. (For sources without edit lists the two coincide.)
+    // Stream time under the last segment seen: some demuxers (matroskademux)
+    // start with a provisional segment and replace it without a flush. The
+    // constant raw-minus-stream offset lets the segment encoder select by
+    // raw timestamps, the one thing that stays the same across seeks.
     let raw: Vec<(Option<u64>, bool, Option<u64>)> = scan
         .video
         .iter()
@@ -238,6 +243,13 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
         .collect();
     order.sort_by_key(|(t, _)| *t);
     let first_pts_ns = raw.iter().filter_map(|v| v.0).min().unwrap_or(0);
+    let first_raw_ns = scan
+        .video
+        .iter()
+        .filter_map(|v| v.0.map(|t| t.nseconds()))
+        .min()
+        .unwrap_or(first_pts_ns);
+    let pts_offset_ns = first_raw_ns as i64 - first_pts_ns as i64;
     let last = raw
         .iter()
         .filter_map(|v| v.0.map(|t| t + v.2.unwrap_or(0)))
@@ -269,9 +281,16 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
     }
 
     let aseg = scan.audio_segment.clone();
-    // Falls back to the raw timestamp where the segment does not cover it.
+    // Clamped into the segment first: an MP4 edit list trims AAC priming at
+    // the start and padding at the end, and decoders clip to the segment,
+    // so the audio that plays is only what the segment covers.
     let a_st = |ts: Option<gst::ClockTime>| match (&aseg, ts) {
-        (Some(seg), Some(ts)) => util::stream_time(seg, ts).or(Some(ts.nseconds())),
+        (Some(seg), Some(ts)) => {
+            let ts = seg
+                .downcast_ref::<gst::ClockTime>()
+                .map_or(ts, |s| clamp_to(s, ts));
+            util::stream_time(seg, ts).or(Some(ts.nseconds()))
+        }
         (None, Some(ts)) => Some(ts.nseconds()),
         _ => None,
     };
@@ -307,6 +326,7 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
             video_codec: codec,
             keyframes,
             first_pts_ns,
+            pts_offset_ns,
             audio,
         },
         audio_first_ns,

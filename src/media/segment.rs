@@ -199,6 +199,7 @@ fn run(
     let half = frame_ns / 2;
     let keep_from = seg.start_ns.saturating_sub(half);
     let keep_until = seg.end_ns.saturating_sub(half);
+    let pts_offset_ns = work.pts_offset_ns;
 
     let pipeline = gst::Pipeline::new();
     let src = super::source::source_element(&work.input)?;
@@ -298,7 +299,7 @@ fn run(
             if caps.structure(0).is_none_or(|s| s.name() != "video/x-raw") {
                 return;
             }
-            install_guard(dpad, keep_from, keep_until);
+            install_guard(dpad, keep_from, keep_until, pts_offset_ns);
             if let Some(sinkpad) = convert_weak.upgrade().and_then(|c| c.static_pad("sink")) {
                 let _ = dpad.link(&sinkpad);
             }
@@ -409,7 +410,7 @@ fn seek_to_start(b: &Blocked, start_ns: u64, frame_ns: u64, half: u64) -> Result
 /// Keep decoded frames with stream time in `[keep_from, keep_until)`,
 /// retimed to stream time under a zero-based segment; send EOS downstream at
 /// the first frame past the end.
-fn install_guard(pad: &gst::Pad, keep_from: u64, keep_until: u64) {
+fn install_guard(pad: &gst::Pad, keep_from: u64, keep_until: u64, pts_offset_ns: i64) {
     let guard = Mutex::new(Guard {
         segment: None,
         ended: false,
@@ -453,12 +454,9 @@ fn install_guard(pad: &gst::Pad, keep_from: u64, keep_until: u64) {
                 // final frame count check reports the loss).
                 return gst::PadProbeReturn::Drop;
             };
-            let st = g
-                .segment
-                .as_ref()
-                .and_then(|s| util::stream_time(s, pts))
-                .unwrap_or(pts.nseconds());
-            // Select in stream time, the probe's timeline.
+            // Stream time from the timestamp and the probe's per-source
+            // offset, not from the segment event (see Plan::pts_offset_ns).
+            let st = (pts.nseconds() as i64 - pts_offset_ns).max(0) as u64;
             let t = st;
             if t < keep_from {
                 return gst::PadProbeReturn::Drop;

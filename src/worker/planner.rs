@@ -205,6 +205,7 @@ async fn publish_tasks(w: &Worker, id: &str, spec: &JobSpec, p: &plan::Plan) -> 
                     segment: *s,
                     fps_num: p.fps_num,
                     fps_den: p.fps_den,
+                    pts_offset_ns: p.pts_offset_ns,
                 },
             });
         }

@@ -201,6 +201,7 @@ async fn run_task(
             segment,
             fps_num,
             fps_den,
+            pts_offset_ns,
         } => {
             let work = SegmentWork {
                 input: w.roots.source_path(&task.source)?,
@@ -209,6 +210,7 @@ async fn run_task(
                 segment: *segment,
                 fps_num: *fps_num,
                 fps_den: *fps_den,
+                pts_offset_ns: *pts_offset_ns,
             };
             ("segment", json(&work), segment.duration_ns() as f64 / 1e9)
         }
