@@ -95,7 +95,12 @@ async fn handle(w: &Worker, a: &Advisory) -> Result<()> {
             a.deliveries
         );
         tracing::error!(job = %id, "{reason}");
-        return planner::reject(w, &id, spec, reason).await;
+        // No record yet: create it failed. A record left `running` (planned,
+        // but publishing its tasks kept failing): fail it. Each is a no-op
+        // in the other case.
+        planner::reject(w, &id, spec, reason.clone()).await?;
+        tasks::fail_job(w, &id, &reason).await;
+        return Ok(());
     }
     if a.stream != subjects::TASKS_STREAM {
         return Ok(());
