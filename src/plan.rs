@@ -110,8 +110,9 @@ pub struct Plan {
     /// demuxer's segment events, because some demuxers (matroskademux after
     /// a seek) send a provisional segment and replace it without a flush,
     /// which shifted the first frames of a part by the stream's start.
+    /// None in plans made before it existed: those keep the segment mapping.
     #[serde(default)]
-    pub pts_offset_ns: i64,
+    pub pts_offset_ns: Option<i64>,
 }
 
 /// Why a source cannot be planned.
@@ -182,7 +183,7 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
         audio_duration_ns: facts.audio.as_ref().map_or(0, |a| a.duration_ns),
         width: facts.width,
         height: facts.height,
-        pts_offset_ns: facts.pts_offset_ns,
+        pts_offset_ns: Some(facts.pts_offset_ns),
     })
 }
 

@@ -60,7 +60,7 @@ pub fn stream_configs() -> Vec<stream::Config> {
         stream::Config {
             name: DEAD_STREAM.into(),
             description: Some(
-                "Advisories of tasks that exhausted deliveries or were terminated".into(),
+                "Advisories of tasks that exhausted deliveries or were terminated, and of specs the planner gave up on".into(),
             ),
             subjects: dead_letter_subjects(),
             retention: stream::RetentionPolicy::Limits,

@@ -58,6 +58,15 @@ pub fn task(kind: TaskKind, job: &str) -> String {
     format!("jetcode.tasks.{}.{job}", kind.as_str())
 }
 
+/// The job of a task subject `jetcode.tasks.<kind>.<job>` (job ids have no dots).
+pub fn job_of_task_subject(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix("jetcode.tasks.")?
+        .split_once('.')
+        .map(|(_, job)| job)
+        .filter(|j| !j.is_empty() && !j.contains('.'))
+}
+
 /// `jetcode.events.<job>`
 pub fn events(job: &str) -> String {
     format!("jetcode.events.{job}")

@@ -33,7 +33,7 @@ pub enum TaskBody {
         fps_num: u32,
         fps_den: u32,
         #[serde(default)]
-        pts_offset_ns: i64,
+        pts_offset_ns: Option<i64>,
     },
     Audio,
     Stitch {
@@ -76,7 +76,7 @@ pub struct SegmentWork {
     pub fps_den: u32,
     /// [`crate::plan::Plan::pts_offset_ns`] of the source.
     #[serde(default)]
-    pub pts_offset_ns: i64,
+    pub pts_offset_ns: Option<i64>,
 }
 
 /// Work order for `jetcode media audio`: encode the whole audio track of

@@ -850,7 +850,10 @@ fn segment_child_reads_only_its_range_through_the_block_cache() {
         bytes < size / 3,
         "an eighth of the clip needs well under a third of it: {bytes} of {size}"
     );
-    assert!(gets <= blocks, "no block fetched twice: {gets} > {blocks}");
+    assert!(
+        gets <= blocks,
+        "at most one GET per block of the file: {gets} > {blocks}"
+    );
     assert_eq!(ffprobe_frames(&work.output), s.frames());
 }
 

@@ -28,7 +28,14 @@ pub fn run(kind: &str, task_json: &str) -> i32 {
             emit(&ChildLine::Done { frames, summary });
             0
         }
-        Err(e) => {
+        Err(mut e) => {
+            if let Some(note) = near_memory_limit() {
+                // A failed allocation looks like bad media to GStreamer
+                // (a STREAM or LIBRARY error); it is not: retry, maybe on
+                // a worker with more memory.
+                e.permanent = false;
+                e.message = format!("{} ({note})", e.message);
+            }
             emit(&ChildLine::Failed {
                 reason: util::one_line(&e.message),
                 permanent: e.permanent,
@@ -40,6 +47,31 @@ pub fn run(kind: &str, task_json: &str) -> i32 {
             }
         }
     }
+}
+
+/// Some("memory limit N MiB reached") when this process runs under an
+/// RLIMIT_DATA and uses at least 3/4 of it.
+fn near_memory_limit() -> Option<String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_DATA, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    let limit: u64 = lim.rlim_cur;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let data_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmData:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    (data_kib * 1024 >= limit / 4 * 3).then(|| format!("memory limit {} MiB reached", limit >> 20))
 }
 
 fn dispatch(kind: &str, task_json: &str) -> Result<(u64, serde_json::Value), MediaError> {

@@ -2,7 +2,7 @@
 //! scale, encode, and write an MPEG-TS part on the SOURCE timeline, so the
 //! parts of a rendition concatenate into one continuous stream.
 //!
-//! Pipeline: `appsrc (block cache) ! parsebin` -> (video pad, blocked until we seek)
+//! Pipeline: `CachedSrc (block cache, pull mode) ! parsebin` -> (video pad, blocked until we seek)
 //! `decodebin` -> guard probe -> `videoconvert ! videoscale ! capsfilter !
 //! queue ! encoder ! parser ! mpegtsmux ! filesink`.
 //!
@@ -410,7 +410,7 @@ fn seek_to_start(b: &Blocked, start_ns: u64, frame_ns: u64, half: u64) -> Result
 /// Keep decoded frames with stream time in `[keep_from, keep_until)`,
 /// retimed to stream time under a zero-based segment; send EOS downstream at
 /// the first frame past the end.
-fn install_guard(pad: &gst::Pad, keep_from: u64, keep_until: u64, pts_offset_ns: i64) {
+fn install_guard(pad: &gst::Pad, keep_from: u64, keep_until: u64, pts_offset_ns: Option<i64>) {
     let guard = Mutex::new(Guard {
         segment: None,
         ended: false,
@@ -455,8 +455,16 @@ fn install_guard(pad: &gst::Pad, keep_from: u64, keep_until: u64, pts_offset_ns:
                 return gst::PadProbeReturn::Drop;
             };
             // Stream time from the timestamp and the probe's per-source
-            // offset, not from the segment event (see Plan::pts_offset_ns).
-            let st = (pts.nseconds() as i64 - pts_offset_ns).max(0) as u64;
+            // offset, not from the segment event (see Plan::pts_offset_ns);
+            // orders from older plans have no offset and use the segment.
+            let st = match pts_offset_ns {
+                Some(off) => (pts.nseconds() as i64 - off).max(0) as u64,
+                None => g
+                    .segment
+                    .as_ref()
+                    .and_then(|s| util::stream_time(s, pts))
+                    .unwrap_or(pts.nseconds()),
+            };
             let t = st;
             if t < keep_from {
                 return gst::PadProbeReturn::Drop;

@@ -181,11 +181,14 @@ fn audio_playlist(audio: &Path, plan: &Plan) -> Result<String, MediaError> {
         .map(|s| first + ticks(s.start_ns.saturating_sub(t0)))
         .collect();
     let ranges = ts::byte_ranges(&points, &cuts, first + ticks(plan.audio_duration_ns), size);
+    // HLS: every EXTINF rounded to the nearest integer must be <= this.
+    // Ranges end at the first PAT after a cut (up to 100 ms late), so ceil
+    // would make 4 s segments a target of 5.
     let target = ranges
         .iter()
         .map(|r| r.seconds)
         .fold(1.0f64, f64::max)
-        .ceil() as u64;
+        .round() as u64;
     let mut text = format!(
         "#EXTM3U\n#EXT-X-VERSION:4\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n"
     );

@@ -99,7 +99,7 @@ async fn handle(w: &Worker, a: &Advisory) -> Result<()> {
         // but publishing its tasks kept failing): fail it. Each is a no-op
         // in the other case.
         planner::reject(w, &id, spec, reason.clone()).await?;
-        tasks::fail_job(w, &id, &reason).await;
+        tasks::fail_job(w, &id, &reason).await?;
         return Ok(());
     }
     if a.stream != subjects::TASKS_STREAM {
@@ -115,9 +115,14 @@ async fn handle(w: &Worker, a: &Advisory) -> Result<()> {
                     task.id, a.deliveries
                 )
             };
-            tasks::fail_job(w, &task.job, &reason).await;
+            tasks::fail_job(w, &task.job, &reason).await?;
         }
-        Err(e) => tracing::error!(seq = a.stream_seq, "dead task is unreadable: {e}"),
+        Err(e) => {
+            if let Some(job) = subjects::job_of_task_subject(dead.subject.as_str()) {
+                let reason = format!("task {} is unreadable: {e}", a.stream_seq);
+                tasks::fail_job(w, job, &reason).await?;
+            }
+        }
     }
     // Nothing will deliver it again; keep the work queue to live work. The
     // advisory stays in JETCODE_DEAD as the record.

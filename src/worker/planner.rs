@@ -136,7 +136,18 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         updated_at: t,
         finished_at: None,
     };
-    w.ledger.create_record(&rec).await?;
+    if !w.ledger.create_record(&rec).await? {
+        // Someone recorded this job while we probed (a redelivered copy, or
+        // the dead-letter role failing it): theirs stands.
+        if let Some((existing, _)) = w.ledger.record(&id).await? {
+            if existing.state == JobState::Running {
+                if let Some(p) = &existing.plan {
+                    publish_tasks(w, &id, &spec, p).await?;
+                }
+            }
+        }
+        return Ok(());
+    }
     publish_tasks(w, &id, &spec, &p).await?;
     w.ledger
         .event(

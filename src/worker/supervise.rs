@@ -11,6 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::task::{ChildLine, EXIT_PERMANENT};
 
+/// How often a running child's message is acked as in progress; well under
+/// the shortest ack_wait (30 s).
+const PROGRESS_ACK_EVERY: Duration = Duration::from_secs(10);
+
 /// Limits on one child.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -78,7 +82,8 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
             .arg("--task")
             .arg(&spec.work),
     };
-    // SAFETY: prctl is async-signal-safe. The child dies with its worker,
+    // SAFETY: prctl and setrlimit are bare syscall wrappers (no allocation,
+    // no locks), safe between fork and exec. The child dies with its worker,
     // even on SIGKILL, so no orphan keeps encoding a task that will be
     // redelivered elsewhere.
     let memory = spec.limits.memory;
@@ -133,7 +138,7 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
     let mut last: Option<ChildLine> = None;
     let mut done_so_far = 0u64;
     let mut last_advance = Instant::now();
-    let mut last_progress_ack = Instant::now();
+    let mut next_progress_ack = tokio::time::Instant::now() + PROGRESS_ACK_EVERY;
     let deadline = tokio::time::Instant::now() + spec.limits.total;
     let killed_for = loop {
         let stall_at = tokio::time::Instant::from_std(last_advance + spec.limits.stall);
@@ -146,12 +151,6 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
                             (spec.on_frames)(done - done_so_far);
                             done_so_far = done;
                             last_advance = Instant::now();
-                            if let Some(msg) = spec.msg {
-                                if last_progress_ack.elapsed() > Duration::from_secs(5) {
-                                    let _ = msg.ack_with(AckKind::Progress).await;
-                                    last_progress_ack = Instant::now();
-                                }
-                            }
                         }
                     }
                     last = Some(parsed);
@@ -159,6 +158,15 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
                 // stdout closed: the child is exiting.
                 Ok(None) | Err(_) => break None,
             },
+            // Keep the message ours while the child lives, frames or not
+            // (a probe reports none; an encoder's first frame can take
+            // longer than ack_wait). Hangs are the stall timer's job.
+            _ = tokio::time::sleep_until(next_progress_ack), if spec.msg.is_some() => {
+                if let Some(msg) = spec.msg {
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+                next_progress_ack = tokio::time::Instant::now() + PROGRESS_ACK_EVERY;
+            }
             _ = tokio::time::sleep_until(stall_at) => {
                 metrics::counter!(crate::metrics::STALLS).increment(1);
                 break Some(format!("stalled: no progress for {:?}", spec.limits.stall));

@@ -36,7 +36,15 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
     let task: Task = match serde_json::from_slice(&msg.payload) {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!(subject = %msg.subject, "unreadable task, terminating it: {e}");
+            // The job id is the last subject token: fail it, or it would
+            // wait for this task forever.
+            let reason = format!("unreadable task on {}: {e}", msg.subject);
+            tracing::error!("{reason}; terminating it");
+            if let Some(job) = subjects::job_of_task_subject(msg.subject.as_str()) {
+                if let Err(e) = fail_job(w, job, &reason).await {
+                    tracing::warn!(job, "could not record the failure: {e}");
+                }
+            }
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         }
@@ -80,13 +88,17 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
                 "task {} gave up after {delivered} attempts: {reason}",
                 task.id
             );
-            fail_job(w, &task.job, &reason).await;
+            if let Err(e) = fail_job(w, &task.job, &reason).await {
+                tracing::warn!(job = %task.job, "could not record the failure: {e}");
+            }
             let _ = msg.ack_with(AckKind::Term).await;
             "failed"
         }
         Verdict::Fail(reason) => {
             let reason = format!("task {}: {reason}", task.id);
-            fail_job(w, &task.job, &reason).await;
+            if let Err(e) = fail_job(w, &task.job, &reason).await {
+                tracing::warn!(job = %task.job, "could not record the failure: {e}");
+            }
             let _ = msg.ack_with(AckKind::Term).await;
             "failed"
         }
@@ -133,7 +145,7 @@ pub(super) async fn hand_back(js: &jetstream::Context, msg: &jetstream::Message)
 }
 
 /// Mark the job failed (if it is still running) and announce it.
-pub(super) async fn fail_job(w: &Worker, job: &str, reason: &str) {
+pub(super) async fn fail_job(w: &Worker, job: &str, reason: &str) -> Result<()> {
     tracing::error!(job, "job failed: {reason}");
     let mut changed = false;
     let res = w
@@ -148,17 +160,18 @@ pub(super) async fn fail_job(w: &Worker, job: &str, reason: &str) {
             changed
         })
         .await;
-    if res.is_ok() && changed {
-        let _ = w
-            .ledger
+    res?;
+    if changed {
+        w.ledger
             .event(
                 job,
                 EventKind::Failed {
                     reason: reason.to_string(),
                 },
             )
-            .await;
+            .await?;
     }
+    Ok(())
 }
 
 async fn run_task(
