@@ -465,11 +465,10 @@ fn install_guard(pad: &gst::Pad, keep_from: u64, keep_until: u64, pts_offset_ns:
                     .and_then(|s| util::stream_time(s, pts))
                     .unwrap_or(pts.nseconds()),
             };
-            let t = st;
-            if t < keep_from {
+            if st < keep_from {
                 return gst::PadProbeReturn::Drop;
             }
-            if t >= keep_until {
+            if st >= keep_until {
                 g.ended = true;
                 if let Some(peer) = pad.peer() {
                     peer.send_event(gst::event::Eos::new());

@@ -147,15 +147,6 @@ impl CachedSrc {
         *src.imp().cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(cache);
         src
     }
-
-    /// The cache behind this source (for read statistics).
-    pub fn cache(&self) -> Option<Arc<BlockCache>> {
-        self.imp()
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
 }
 
 mod imp {

@@ -57,14 +57,7 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
     };
     let id = spec.id.clone().unwrap_or_else(|| format!("job-{seq}"));
 
-    if let Some((rec, _)) = w.ledger.record(&id).await? {
-        // Redelivered after a crash mid-plan, or a resubmit: publishing the
-        // same tasks again is harmless (Msg-Id dedupe, checkpoints).
-        if rec.state == JobState::Running {
-            if let Some(p) = &rec.plan {
-                publish_tasks(w, &id, &spec, p).await?;
-            }
-        }
+    if resume_recorded(w, &id, &spec).await? {
         return Ok(());
     }
 
@@ -139,13 +132,7 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
     if !w.ledger.create_record(&rec).await? {
         // Someone recorded this job while we probed (a redelivered copy, or
         // the dead-letter role failing it): theirs stands.
-        if let Some((existing, _)) = w.ledger.record(&id).await? {
-            if existing.state == JobState::Running {
-                if let Some(p) = &existing.plan {
-                    publish_tasks(w, &id, &spec, p).await?;
-                }
-            }
-        }
+        resume_recorded(w, &id, &spec).await?;
         return Ok(());
     }
     publish_tasks(w, &id, &spec, &p).await?;
@@ -164,6 +151,22 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         .increment(1);
     tracing::info!(job = %id, segments = p.segments.len(), tasks = tasks_total, "planned");
     Ok(())
+}
+
+/// If `id` already has a record, make sure a running one has its tasks
+/// published and return true. Redelivered after a crash mid-plan, or a
+/// resubmit: publishing the same tasks again is harmless (Msg-Id dedupe,
+/// checkpoints).
+async fn resume_recorded(w: &Worker, id: &str, spec: &JobSpec) -> Result<bool> {
+    let Some((rec, _)) = w.ledger.record(id).await? else {
+        return Ok(false);
+    };
+    if rec.state == JobState::Running {
+        if let Some(p) = &rec.plan {
+            publish_tasks(w, id, spec, p).await?;
+        }
+    }
+    Ok(true)
 }
 
 /// The id a malformed spec asked for, if it is a valid one.

@@ -41,9 +41,7 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
             let reason = format!("unreadable task on {}: {e}", msg.subject);
             tracing::error!("{reason}; terminating it");
             if let Some(job) = subjects::job_of_task_subject(msg.subject.as_str()) {
-                if let Err(e) = fail_job(w, job, &reason).await {
-                    tracing::warn!(job, "could not record the failure: {e}");
-                }
+                fail_job_or_log(w, job, &reason).await;
             }
             let _ = msg.ack_with(AckKind::Term).await;
             return;
@@ -88,17 +86,13 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
                 "task {} gave up after {delivered} attempts: {reason}",
                 task.id
             );
-            if let Err(e) = fail_job(w, &task.job, &reason).await {
-                tracing::warn!(job = %task.job, "could not record the failure: {e}");
-            }
+            fail_job_or_log(w, &task.job, &reason).await;
             let _ = msg.ack_with(AckKind::Term).await;
             "failed"
         }
         Verdict::Fail(reason) => {
             let reason = format!("task {}: {reason}", task.id);
-            if let Err(e) = fail_job(w, &task.job, &reason).await {
-                tracing::warn!(job = %task.job, "could not record the failure: {e}");
-            }
+            fail_job_or_log(w, &task.job, &reason).await;
             let _ = msg.ack_with(AckKind::Term).await;
             "failed"
         }
@@ -141,6 +135,14 @@ pub(super) async fn hand_back(js: &jetstream::Context, msg: &jetstream::Message)
             tracing::warn!(subject = %msg.subject, "hand-back copy not stored, naking: {e}");
             let _ = msg.ack_with(AckKind::Nak(None)).await;
         }
+    }
+}
+
+/// [`fail_job`] where the caller has no way to retry (the message is
+/// terminated anyway; its advisory reaches the dead-letter role, which does).
+async fn fail_job_or_log(w: &Worker, job: &str, reason: &str) {
+    if let Err(e) = fail_job(w, job, reason).await {
+        tracing::warn!(job, "could not record the failure: {e}");
     }
 }
 
