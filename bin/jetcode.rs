@@ -20,6 +20,10 @@ use jetcode::{Client, ConnectOptions, EventKind, JobSpec};
 struct Cli {
     #[command(flatten)]
     nats: NatsArgs,
+    /// Seconds a one-shot verb (status, cancel, jobs, workers, submit
+    /// without --wait, streams apply) may take before it gives up.
+    #[arg(long, global = true, env = "JETCODE_TIMEOUT", default_value_t = 30.0)]
+    timeout: f64,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -191,7 +195,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run_bounded(cli));
+    // Nothing left to wait for: do not let a stuck background task (a DNS
+    // lookup, a reconnect) hold the exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             // One line: the chain joined.
@@ -199,6 +207,28 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One-shot verbs get `--timeout` in all, so a dead or unreachable server
+/// gives a one-line error instead of a hang. The worker and the verbs that
+/// follow a job run until they are done.
+async fn run_bounded(cli: Cli) -> Result<ExitCode> {
+    let follows = match &cli.verb {
+        Verb::Submit { wait, .. } => *wait,
+        Verb::Watch { .. } => true,
+        #[cfg(feature = "media")]
+        Verb::Worker(_) => true,
+        _ => false,
+    };
+    if follows {
+        return run(cli).await;
+    }
+    let limit = Duration::from_secs_f64(cli.timeout.max(0.1));
+    let url = jetcode::connect::redact_urls(&cli.nats.nats_url);
+    match tokio::time::timeout(limit, run(cli)).await {
+        Ok(r) => r,
+        Err(_) => bail!("no answer from NATS at {url} within {limit:?} (--timeout)"),
     }
 }
 

@@ -12,10 +12,33 @@ LOGS="$DATA/logs"
 mkdir -p "$MEDIA/in" "$MEDIA/out" "$LOGS" "$DATA/nats"
 say() { printf '\033[1m[demo]\033[0m %s\n' "$*" >&2; }
 
-PIDS=()
+NATS_PID=""
+WORKER_PIDS=()
+# Stop what we started, workers first: a worker drains through NATS, so the
+# server goes last. Each wait is bounded; whatever outlives it is killed.
+stop_and_wait() { # <seconds> <pid>...
+  local limit=$1; shift
+  local pids=("$@") end=$((SECONDS + limit))
+  [ ${#pids[@]} -gt 0 ] || return 0
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  while [ $SECONDS -lt $end ]; do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive -eq 0 ] && break
+    sleep 0.2
+  done
+  for p in "${pids[@]}"; do
+    if kill -0 "$p" 2>/dev/null; then
+      say "process $p did not stop within ${limit}s: killing it"
+      kill -KILL "$p" 2>/dev/null || true
+    fi
+    wait "$p" 2>/dev/null || true
+  done
+}
 cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # The workers' bound: --drain-timeout (5 s here) + 10 s.
+  stop_and_wait 20 "${WORKER_PIDS[@]}"
+  [ -z "$NATS_PID" ] || stop_and_wait 10 "$NATS_PID"
 }
 trap cleanup EXIT
 
@@ -24,7 +47,7 @@ if [ -z "${NATS_URL:-}" ]; then
   export NATS_URL="nats://127.0.0.1:$PORT"
   say "starting nats-server $(nats-server --version | awk '{print $2}') on $NATS_URL (store: .data/nats)"
   nats-server -js -a 127.0.0.1 -p "$PORT" -sd "$DATA/nats" >"$LOGS/nats.log" 2>&1 &
-  PIDS+=($!)
+  NATS_PID=$!
   for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.1; done
 else
   say "using external NATS at $NATS_URL"
@@ -39,9 +62,9 @@ if [ ! -s "$SRC" ]; then
 fi
 
 for n in 1 2; do
-  "$BIN" worker --id "demo-worker-$n" --slots 1 --file-root "$MEDIA" \
+  "$BIN" worker --id "demo-worker-$n" --slots 1 --file-root "$MEDIA" --drain-timeout 5 \
     >"$LOGS/worker-$n.log" 2>&1 &
-  PIDS+=($!)
+  WORKER_PIDS+=($!)
 done
 say "started 2 workers (logs: .data/logs/worker-*.log)"
 

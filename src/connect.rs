@@ -76,12 +76,33 @@ impl ConnectOptions {
         let client = o.connect(self.url.as_str()).await.map_err(|e| {
             Error::new(
                 ErrorKind::Connect,
-                format!("cannot connect to NATS at {}: {e}", self.url),
+                format!("cannot connect to NATS at {}: {e}", redact_urls(&self.url)),
             )
         })?;
         check_server(&client.server_info())?;
         Ok(client)
     }
+}
+
+/// `urls` (comma separated) with any password or token replaced by `***`,
+/// for error and log lines.
+pub fn redact_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| match u.trim().rsplit_once('@') {
+            Some((cred, host)) => {
+                let (scheme, userinfo) = cred.split_once("://").unwrap_or(("", cred));
+                let user = userinfo.split_once(':').map_or("***", |(user, _)| user);
+                let scheme = if scheme.is_empty() {
+                    String::new()
+                } else {
+                    format!("{scheme}://")
+                };
+                format!("{scheme}{user}:***@{host}")
+            }
+            None => u.trim().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Refuse servers without JetStream or older than [`MIN_SERVER_VERSION`].
@@ -123,6 +144,19 @@ fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_in_urls_are_redacted() {
+        assert_eq!(
+            redact_urls("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+        assert_eq!(
+            redact_urls("nats://jc:s3cret@a:4222, nats://tok@b:4222"),
+            "nats://jc:***@a:4222,nats://***:***@b:4222"
+        );
+        assert_eq!(redact_urls("u:p@h:1"), "u:***@h:1");
+    }
 
     #[test]
     fn versions() {

@@ -691,3 +691,60 @@ async fn child_over_its_memory_limit_fails_the_task_and_says_so() {
     eprintln!("{e:?}");
     f.client.cancel("big").await.unwrap();
 }
+
+/// The bound `jetcode worker --help` documents for `--drain-timeout`: the
+/// process exits at most 10 s after the drain ends, whatever NATS does.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Wait for a worker's heartbeat: it is connected and pulling.
+async fn wait_worker_live(f: &Fixture, id: &str) {
+    wait_for(Duration::from_secs(30), "worker heartbeat", || async {
+        f.client
+            .workers()
+            .await
+            .map(|ws| ws.iter().any(|w| w.id == id))
+            .unwrap_or(false)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_worker_exits_in_bound_after_sigterm_with_nats_gone() {
+    let mut f = Fixture::new().await;
+    let mut w = f.worker("orphan", &["--drain-timeout", "2"]);
+    wait_worker_live(&f, "orphan").await;
+    f.server.kill();
+    let t0 = std::time::Instant::now();
+    w.signal(libc::SIGTERM);
+    let status = w.wait_exit(Duration::from_secs(2) + SHUTDOWN_GRACE);
+    assert!(status.success(), "exit 0 with NATS gone: {status:?}");
+    eprintln!("idle worker exited {:?} after SIGTERM", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_worker_exits_in_bound_after_sigterm_with_nats_gone() {
+    let mut f = Fixture::new().await;
+    let src = f.clip("in.mp4", 12.0, 640, 360);
+    let mut w = f.worker("busy-orphan", &["--drain-timeout", "2"]);
+    let spec = f.spec(
+        "orphaned",
+        &src,
+        serde_json::json!([small("r360", 360, "medium")]),
+        12.0,
+    );
+    f.client.submit(&spec).await.unwrap();
+    f.first_segment_started("orphaned").await;
+    f.server.kill();
+    let t0 = std::time::Instant::now();
+    w.signal(libc::SIGTERM);
+    let status = w.wait_exit(Duration::from_secs(2) + SHUTDOWN_GRACE);
+    assert!(status.success(), "exit 0 with NATS gone: {status:?}");
+    eprintln!("busy worker exited {:?} after SIGTERM", t0.elapsed());
+    let log = std::fs::read_to_string(f.root().join("busy-orphan.log")).unwrap();
+    assert!(log.contains("worker stopped"), "clean stop logged:\n{log}");
+    // Its media child died with it: nothing of ours keeps running.
+    let root = f.root().display().to_string();
+    wait_until(Duration::from_secs(5), "media child gone", || {
+        processes_mentioning(&root).is_empty()
+    });
+}

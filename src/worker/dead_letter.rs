@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
-use futures::StreamExt;
 use serde::Deserialize;
 
 use super::{planner, tasks, Worker};
@@ -43,7 +42,7 @@ impl Advisory {
 
 pub(super) async fn dead_letter_loop(w: Arc<Worker>, consumer: PullConsumer) {
     while let Some(mut batch) = super::next_batch(&w, &consumer, 16, "dead-letter").await {
-        while let Some(Ok(msg)) = batch.next().await {
+        while let Some(Ok(msg)) = batch.next(&w.shutdown).await {
             let advisory: Advisory = match serde_json::from_slice(&msg.payload) {
                 Ok(a) => a,
                 Err(e) => {

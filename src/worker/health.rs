@@ -87,6 +87,7 @@ pub async fn heartbeat_loop(w: Arc<Worker>, stop: CancellationToken) {
     let mut last_at = std::time::Instant::now();
     let mut watchdog_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+    let mut failing = false;
     loop {
         let (cpu, rss, mem) = sampler.sample();
         let frames = w.frames.load(Ordering::Relaxed);
@@ -96,13 +97,21 @@ pub async fn heartbeat_loop(w: Arc<Worker>, stop: CancellationToken) {
         let hb = w.heartbeat(cpu, rss, mem, fps);
         *w.last_heartbeat.lock().unwrap_or_else(|p| p.into_inner()) = Some(hb.clone());
         let body = serde_json::to_vec(&hb).unwrap_or_default();
-        match kv.put(&w.id, body.into()).await {
-            Ok(_) => {
-                if watchdog {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        // Liveness is this process being able to run this loop, not NATS
+        // being reachable: a NATS outage must not get systemd to kill
+        // every worker mid-encode.
+        if watchdog {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        }
+        match tokio::time::timeout(NATS_OP_BOUND, kv.put(&w.id, body.into())).await {
+            Ok(Ok(_)) => {
+                if failing {
+                    tracing::info!("heartbeats resumed");
+                    failing = false;
                 }
             }
-            Err(e) => tracing::warn!("heartbeat: {e}"),
+            Ok(Err(e)) => heartbeat_failed(&mut failing, &e.to_string()),
+            Err(_) => heartbeat_failed(&mut failing, "timed out"),
         }
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -110,8 +119,23 @@ pub async fn heartbeat_loop(w: Arc<Worker>, stop: CancellationToken) {
             _ = w.busy_changed.notified() => {}
         }
     }
-    if let Err(e) = kv.delete(&w.id).await {
-        tracing::warn!("could not delete heartbeat: {e}");
+    match tokio::time::timeout(NATS_OP_BOUND, kv.delete(&w.id)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("could not delete heartbeat (it expires by itself): {e}"),
+        Err(_) => tracing::warn!("could not delete heartbeat (it expires by itself): timed out"),
+    }
+}
+
+/// Bound on one heartbeat put/delete or service stop.
+const NATS_OP_BOUND: Duration = Duration::from_secs(2);
+
+/// Log the first failure of a streak; the rest only at debug level.
+fn heartbeat_failed(failing: &mut bool, e: &str) {
+    if *failing {
+        tracing::debug!("heartbeat: {e}");
+    } else {
+        tracing::warn!("heartbeat: {e} (logged once until heartbeats resume)");
+        *failing = true;
     }
 }
 
@@ -140,8 +164,11 @@ pub async fn http_loop(
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let connected = w.nats.connection_state() == async_nats::connection::State::Connected;
             let (code, body, ctype) = match path {
+                // Liveness: this process answers. A NATS outage is a
+                // readiness matter; restarting the worker would not fix it
+                // and would kill its encodes.
                 "/healthz" if connected => (200, "ok\n".to_string(), "text/plain"),
-                "/healthz" => (503, "nats disconnected\n".to_string(), "text/plain"),
+                "/healthz" => (200, "ok (nats disconnected)\n".to_string(), "text/plain"),
                 "/readyz"
                     if connected
                         && w.ready.load(Ordering::Relaxed)
@@ -223,5 +250,5 @@ pub async fn micro_service(w: Arc<Worker>, stop: CancellationToken) {
         let body = serde_json::to_vec(&hb).unwrap_or_default();
         let _ = req.respond(Ok(body.into())).await;
     }
-    let _ = service.stop().await;
+    let _ = tokio::time::timeout(NATS_OP_BOUND, service.stop()).await;
 }

@@ -52,7 +52,9 @@ pub struct WorkerArgs {
     /// instead of waking the OOM killer on the whole machine.
     #[arg(long, env = "JETCODE_CHILD_MEMORY_MB", default_value_t = 8192)]
     pub child_memory_mb: u64,
-    /// On SIGTERM, let in-flight tasks finish for this many seconds, then hand them back.
+    /// On SIGTERM, let in-flight tasks finish for this many seconds, then
+    /// hand them back. The process exits at most 10 s after that, even when
+    /// NATS is unreachable.
     #[arg(long, default_value_t = 30.0)]
     pub drain_timeout: f64,
     /// Address for /healthz, /readyz, /metrics (port 0 = any free port).
@@ -297,7 +299,9 @@ pub async fn run_until(
     )
     .await;
 
-    // Drain: no new work; in-flight tasks finish or are handed back.
+    // Drain: no new work; in-flight tasks finish or are handed back. Every
+    // step below is bounded, so the process exits within
+    // `drain_timeout + SHUTDOWN_GRACE` whatever state NATS is in.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     work.close();
     let in_flight = w.busy.load(Ordering::Relaxed);
@@ -311,14 +315,43 @@ pub async fn run_until(
         }
         _ = abort.cancelled() => {}
     }
-    work.wait().await;
+    if tokio::time::timeout(HAND_BACK_BOUND, work.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "could not hand every task back within {HAND_BACK_BOUND:?} (NATS unreachable?); their ack deadline will redeliver them"
+        );
+    }
     background.cancel();
     side.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), side.wait()).await;
-    let _ = nats.flush().await;
+    if tokio::time::timeout(SIDE_TASKS_BOUND, side.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks did not stop within {SIDE_TASKS_BOUND:?}");
+    }
+    match tokio::time::timeout(FLUSH_BOUND, nats.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("final flush failed: {e}"),
+        Err(_) => tracing::warn!("final flush timed out after {FLUSH_BOUND:?} (NATS unreachable?)"),
+    }
     tracing::info!("worker stopped");
     Ok(())
 }
+
+/// After the drain, how long in-flight tasks get to be handed back.
+const HAND_BACK_BOUND: Duration = Duration::from_secs(5);
+/// How long the heartbeat, health, micro and role loops get to stop.
+const SIDE_TASKS_BOUND: Duration = Duration::from_secs(3);
+/// How long the last flush may wait for a server.
+const FLUSH_BOUND: Duration = Duration::from_secs(1);
+/// Upper bound of shutdown beyond `--drain-timeout` (documented in the
+/// README next to that flag): the three bounds above plus slack.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long one pull request waits on the server for messages.
+const FETCH_EXPIRES: Duration = Duration::from_secs(5);
 
 /// Fetch only as many tasks as there are free slots; never prefetch long work.
 async fn pull_loop(
@@ -342,9 +375,9 @@ async fn pull_loop(
         }
         let batch = tokio::select! {
             _ = w.shutdown.cancelled() => return,
-            b = consumer.fetch().max_messages(free).expires(Duration::from_secs(5)).messages() => b,
+            b = consumer.fetch().max_messages(free).expires(FETCH_EXPIRES).messages() => b,
         };
-        let mut batch = match batch {
+        let batch = match batch {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!("fetch: {e}");
@@ -357,13 +390,13 @@ async fn pull_loop(
             }
         };
         backoff = Duration::from_millis(250);
-        // Read the batch to its end even when shutting down, so every task
-        // delivered to us is handed back at once instead of after ack_wait.
-        while let Some(msg) = batch.next().await {
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!("batch: {e}");
+        let mut batch = Batch::new(batch);
+        loop {
+            let msg = match batch.next(&w.shutdown).await {
+                Some(Ok(m)) => m,
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!("task batch: {e}");
                     break;
                 }
             };
@@ -390,25 +423,66 @@ async fn pull_loop(
     }
 }
 
+/// A pull batch read with deadlines: it ends at the pull's expiry (plus
+/// slack) even when the server is gone and never ends it, and at most
+/// [`BATCH_TAIL_ON_SHUTDOWN`] after shutdown starts. Messages delivered
+/// before that are still read, so they can be handed back at once instead
+/// of waiting out their ack deadline.
+struct Batch {
+    inner: jetstream::consumer::pull::Batch,
+    end: tokio::time::Instant,
+}
+
+/// How long a batch is still read after shutdown starts.
+const BATCH_TAIL_ON_SHUTDOWN: Duration = Duration::from_millis(500);
+
+impl Batch {
+    fn new(inner: jetstream::consumer::pull::Batch) -> Self {
+        Batch {
+            inner,
+            end: tokio::time::Instant::now() + FETCH_EXPIRES + Duration::from_secs(1),
+        }
+    }
+
+    async fn next(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<jetstream::Message, String>> {
+        loop {
+            if shutdown.is_cancelled() {
+                self.end = self
+                    .end
+                    .min(tokio::time::Instant::now() + BATCH_TAIL_ON_SHUTDOWN);
+            }
+            tokio::select! {
+                r = tokio::time::timeout_at(self.end, self.inner.next()) => {
+                    return match r {
+                        Ok(Some(Ok(m))) => Some(Ok(m)),
+                        Ok(Some(Err(e))) => Some(Err(e.to_string())),
+                        Ok(None) | Err(_) => None,
+                    };
+                }
+                // Shorten the deadline, then read on.
+                _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
+            }
+        }
+    }
+}
+
 /// The next batch of up to `max` messages of a short-task role (planner,
 /// dead letters), waiting at most 5 s; `None` once the worker shuts down.
 /// NATS trouble is logged and retried after a second.
-async fn next_batch(
-    w: &Worker,
-    consumer: &PullConsumer,
-    max: usize,
-    role: &str,
-) -> Option<jetstream::consumer::pull::Batch> {
+async fn next_batch(w: &Worker, consumer: &PullConsumer, max: usize, role: &str) -> Option<Batch> {
     loop {
         if w.shutdown.is_cancelled() {
             return None;
         }
         let batch = tokio::select! {
             _ = w.shutdown.cancelled() => return None,
-            b = consumer.fetch().max_messages(max).expires(Duration::from_secs(5)).messages() => b,
+            b = consumer.fetch().max_messages(max).expires(FETCH_EXPIRES).messages() => b,
         };
         match batch {
-            Ok(b) => return Some(b),
+            Ok(b) => return Some(Batch::new(b)),
             Err(e) => {
                 tracing::warn!("{role} fetch: {e}");
                 tokio::select! {

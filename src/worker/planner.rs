@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
-use futures::StreamExt;
 
 use super::supervise::{self, ChildSpec, Limits, Outcome};
 use super::Worker;
@@ -20,7 +19,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub(super) async fn planner_loop(w: Arc<Worker>, consumer: PullConsumer) {
     while let Some(mut batch) = super::next_batch(&w, &consumer, 1, "planner").await {
-        while let Some(Ok(msg)) = batch.next().await {
+        while let Some(Ok(msg)) = batch.next(&w.shutdown).await {
             if w.shutdown.is_cancelled() {
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
                 continue;

@@ -120,23 +120,36 @@ pub(super) async fn hand_back(js: &jetstream::Context, msg: &jetstream::Message)
         async_nats::header::NATS_MESSAGE_ID,
         subjects::handback_msg_id(&original, seq).as_str(),
     );
-    let stored = match js
-        .publish_with_headers(msg.subject.clone(), headers, msg.payload.clone())
-        .await
-    {
-        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    let copy = async {
+        js.publish_with_headers(msg.subject.clone(), headers, msg.payload.clone())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
-    match stored {
-        Ok(()) => {
-            let _ = msg.double_ack().await;
-        }
+    let stored = tokio::time::timeout(HAND_BACK_OP_BOUND, copy)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+    let settled = match stored {
+        Ok(()) => tokio::time::timeout(HAND_BACK_OP_BOUND, msg.double_ack())
+            .await
+            .map(|r| r.map_err(|e| e.to_string())),
         Err(e) => {
             tracing::warn!(subject = %msg.subject, "hand-back copy not stored, naking: {e}");
-            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            tokio::time::timeout(HAND_BACK_OP_BOUND, msg.ack_with(AckKind::Nak(None)))
+                .await
+                .map(|r| r.map_err(|e| e.to_string()))
         }
+    };
+    if !matches!(settled, Ok(Ok(()))) {
+        // The ack deadline hands it to another worker instead.
+        tracing::warn!(subject = %msg.subject, "hand-back not acknowledged by the server");
     }
 }
+
+/// Bound on each NATS step of a hand-back (it runs on the way out).
+const HAND_BACK_OP_BOUND: Duration = Duration::from_secs(2);
 
 /// [`fail_job`] where the caller has no way to retry (the message is
 /// terminated anyway; its advisory reaches the dead-letter role, which does).

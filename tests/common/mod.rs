@@ -76,6 +76,12 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Kill the server (as a crash or an operator would) and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stop and start again on the same port and store (a server restart).
     pub fn restart(mut self) -> Self {
         let _ = self.child.kill();
@@ -257,4 +263,29 @@ pub fn ffprobe_frames(path: &std::path::Path) -> u64 {
                 String::from_utf8_lossy(&out.stderr)
             )
         })
+}
+
+/// Pids of live processes whose command line mentions `needle` (e.g. a
+/// test's temp root, which every media child's work order names).
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Zombies are dead; they only wait to be reaped.
+            let zombie = state
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'));
+            !zombie
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                    .unwrap_or(false)
+        })
+        .collect()
 }
