@@ -112,10 +112,20 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a running job.
+    /// Cancel a job (one not planned yet never runs).
     Cancel { job: String },
+    /// Resume a failed or cancelled job from its checkpoints.
+    Retry {
+        job: String,
+        /// Follow the job to its end with a progress bar.
+        #[arg(long)]
+        wait: bool,
+    },
     /// List jobs.
     Jobs {
+        /// Only jobs in this state (running, done, failed, cancelled).
+        #[arg(long)]
+        state: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -215,7 +225,7 @@ fn main() -> ExitCode {
 /// follow a job run until they are done.
 async fn run_bounded(cli: Cli) -> Result<ExitCode> {
     let follows = match &cli.verb {
-        Verb::Submit { wait, .. } => *wait,
+        Verb::Submit { wait, .. } | Verb::Retry { wait, .. } => *wait,
         Verb::Watch { .. } => true,
         #[cfg(feature = "media")]
         Verb::Worker(_) => true,
@@ -295,9 +305,40 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", summary_line(&rec));
             Ok(ExitCode::SUCCESS)
         }
-        Verb::Jobs { json } => {
+        Verb::Retry { job, wait } => {
             let c = client(&cli.nats).await?;
-            for rec in c.jobs().await? {
+            let (rec, queued) = c.retry(&job).await?;
+            println!(
+                "{} (generation {}: {queued} unfinished task(s) queued, checkpoints reused)",
+                summary_line(&rec),
+                rec.generation
+            );
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            follow(&c, &job, false).await
+        }
+        Verb::Jobs { state, json } => {
+            let want = match state.as_deref() {
+                None => None,
+                Some(s) => Some(
+                    serde_json::from_value::<jetcode::JobState>(serde_json::Value::String(
+                        s.to_lowercase(),
+                    ))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "unknown state {s:?}: use running, done, failed or cancelled"
+                        )
+                    })?,
+                ),
+            };
+            let c = client(&cli.nats).await?;
+            for rec in c
+                .jobs()
+                .await?
+                .into_iter()
+                .filter(|r| want.is_none_or(|s| r.state == s))
+            {
                 if json {
                     println!("{}", serde_json::to_string(&rec)?);
                 } else {
@@ -420,9 +461,12 @@ fn summary_line(rec: &jetcode::JobRecord) -> String {
     )
 }
 
-/// Render a job's events until it ends; exit code says how it ended.
+/// Render a job's progress until it ends; the exit code says how it ended.
+/// Events drive the progress bar; the end comes from the job's record
+/// (re-read every 2 s), so a lost or expired end event, or a server restart
+/// that breaks the event stream, never leaves this waiting forever.
 async fn follow(c: &Client, id: &str, json: bool) -> Result<ExitCode> {
-    let mut events = Box::pin(c.watch(id).await?);
+    let mut events = Some(Box::pin(c.watch(id).await?));
     let tty = std::io::stderr().is_terminal() && !json;
     let bar = indicatif::ProgressBar::with_draw_target(
         None,
@@ -442,68 +486,117 @@ async fn follow(c: &Client, id: &str, json: bool) -> Result<ExitCode> {
     bar.enable_steady_tick(Duration::from_millis(200));
     bar.set_message(id.to_string());
     let mut done = std::collections::HashSet::new();
-    while let Some(ev) = events.next().await {
-        let ev = ev?;
-        if json {
-            println!("{}", serde_json::to_string(&ev)?);
+    let mut recheck = tokio::time::interval(jetcode::client::RECHECK_EVERY);
+    let ended = loop {
+        let next = async {
+            match events.as_mut() {
+                Some(ev) => ev.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = next => match ev {
+                Some(Ok(ev)) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&ev)?);
+                    }
+                    show_event(&bar, &mut done, &ev.kind, json, tty);
+                    if ev.kind.is_terminal() {
+                        // Confirm from the record (the authority).
+                        if let Some(rec) = c.ended(id).await.ok().flatten() {
+                            break rec;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!("events of {id}: {e}");
+                }
+                None => {
+                    tracing::debug!("event stream of {id} ended; following the record");
+                    events = None;
+                }
+            },
+            _ = recheck.tick() => {
+                match c.ended(id).await {
+                    Ok(Some(rec)) => break rec,
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!("record of {id}: {e}"),
+                }
+            }
         }
-        match &ev.kind {
-            EventKind::Planned {
-                segments,
-                renditions,
-                tasks,
-                frames,
-            } => {
-                bar.set_length(*tasks as u64);
-                if !json {
-                    bar.println(format!("planned: {segments} segments x {renditions} renditions + audio = {tasks} tasks, {frames} frames"));
+    };
+    bar.finish_and_clear();
+    match jetcode::client::outcome(ended.clone()) {
+        Ok(rec) => {
+            if !json {
+                let secs = rec.finished_at.unwrap_or(rec.updated_at) - rec.created_at;
+                println!(
+                    "done {id} in {secs:.1}s: {}",
+                    rec.output.as_deref().unwrap_or("")
+                );
+                print_outputs(c, id).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if !json {
+                match ended.state {
+                    jetcode::JobState::Cancelled => eprintln!("job {id} cancelled"),
+                    _ => eprintln!("error: {e}"),
                 }
             }
-            EventKind::TaskDone {
-                task,
-                worker,
-                seconds,
-                fps,
-                ..
-            } => {
-                if done.insert(task.clone()) {
-                    bar.inc(1);
-                }
-                if !json && !tty {
-                    eprintln!("done {task} on {worker} in {seconds:.1}s ({fps:.0} fps)");
-                }
-            }
-            EventKind::Retried { task, reason, .. } if !json => {
-                bar.println(format!("retry {task}: {reason}"));
-            }
-            EventKind::Done {
-                output, seconds, ..
-            } => {
-                bar.finish_and_clear();
-                if !json {
-                    println!("done {id} in {seconds:.1}s: {output}");
-                    print_outputs(c, id).await;
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            EventKind::Failed { reason } => {
-                bar.finish_and_clear();
-                if !json {
-                    eprintln!("error: job {id} failed: {reason}");
-                }
-                return Ok(ExitCode::FAILURE);
-            }
-            EventKind::Cancelled => {
-                bar.finish_and_clear();
-                if !json {
-                    eprintln!("job {id} cancelled");
-                }
-                return Ok(ExitCode::FAILURE);
-            }
-            _ => {}
+            Ok(ExitCode::FAILURE)
         }
     }
-    bail!("event stream for {id} ended unexpectedly")
+}
+
+/// Update the progress display for one event.
+fn show_event(
+    bar: &indicatif::ProgressBar,
+    done: &mut std::collections::HashSet<String>,
+    kind: &EventKind,
+    json: bool,
+    tty: bool,
+) {
+    match kind {
+        EventKind::Planned {
+            segments,
+            renditions,
+            tasks,
+            frames,
+        } => {
+            bar.set_length(*tasks as u64);
+            if !json {
+                bar.println(format!("planned: {segments} segments x {renditions} renditions + audio = {tasks} tasks, {frames} frames"));
+            }
+        }
+        EventKind::TaskDone {
+            task,
+            worker,
+            seconds,
+            fps,
+            ..
+        } => {
+            if done.insert(task.clone()) {
+                bar.inc(1);
+            }
+            if !json && !tty {
+                eprintln!("done {task} on {worker} in {seconds:.1}s ({fps:.0} fps)");
+            }
+        }
+        EventKind::Retried { task, reason, .. } if !json => {
+            bar.println(format!("retry {task}: {reason}"));
+        }
+        EventKind::Repaired { action } if !json => {
+            bar.println(format!("reconciler: {action}"));
+        }
+        EventKind::Resumed { generation, tasks } if !json => {
+            bar.println(format!(
+                "resumed (generation {generation}): {tasks} task(s) queued"
+            ));
+        }
+        _ => {}
+    }
 }
 
 /// Print the manifest's files of a finished job (file:// outputs only).

@@ -25,8 +25,32 @@ use crate::connect::ConnectOptions;
 use crate::error::{Error, ErrorKind, Result};
 use crate::job::JobSpec;
 use crate::ledger::Ledger;
-use crate::record::{Event, EventKind, Heartbeat, JobRecord, JobState};
+use crate::lifecycle::{self, End};
+use crate::record::{Event, Heartbeat, JobRecord, JobState};
 use crate::subjects;
+
+/// How often [`Client::wait`] re-reads the record besides its KV watch.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// `Ok` for a done record, `JobFailed` (with the reason) otherwise.
+pub fn outcome(rec: JobRecord) -> Result<JobRecord> {
+    match rec.state {
+        JobState::Done => Ok(rec),
+        JobState::Running => Err(Error::new(
+            ErrorKind::JobFailed,
+            format!("job {} is still running", rec.id),
+        )),
+        s => Err(Error::new(
+            ErrorKind::JobFailed,
+            format!(
+                "job {} {}: {}",
+                rec.id,
+                format!("{s:?}").to_lowercase(),
+                rec.error.as_deref().unwrap_or("no reason recorded")
+            ),
+        )),
+    }
+}
 
 /// A job's id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -73,28 +97,41 @@ impl Client {
         &self.ledger
     }
 
-    /// Validate and submit. A spec with an id is published with that id as
-    /// Nats-Msg-Id, so resubmitting it within the dedupe window is a no-op;
-    /// without one the job is named `job-<stream sequence>`.
+    /// Validate and submit. Without an id the spec gets a fresh,
+    /// time-ordered one (`job-<ULID>`), so ids never repeat, even after the
+    /// streams are recreated. The id is the Nats-Msg-Id: resubmitting the
+    /// same spec is a no-op; reusing an id with a different spec is refused.
     pub async fn submit(&self, spec: &JobSpec) -> Result<JobId> {
         spec.validate()?;
-        let body = serde_json::to_vec(spec).unwrap_or_default();
-        let mut headers = async_nats::HeaderMap::new();
-        if let Some(id) = &spec.id {
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        let mut spec = spec.clone();
+        let id = spec
+            .id
+            .get_or_insert_with(|| format!("job-{}", ulid::Ulid::new().to_string().to_lowercase()))
+            .clone();
+        if let Some((existing, _)) = self.ledger.record(&id).await? {
+            return match &existing.spec {
+                Some(s) if *s == spec => Ok(JobId(id)),
+                // Cancelled before it was planned: the cancel wins.
+                None if existing.state == JobState::Cancelled => Ok(JobId(id)),
+                _ => Err(Error::new(
+                    ErrorKind::InvalidSpec,
+                    format!(
+                        "job {id} already exists with a different spec ({}); use another id",
+                        format!("{:?}", existing.state).to_lowercase()
+                    ),
+                )),
+            };
         }
-        let ack = self
-            .js
+        let body = serde_json::to_vec(&spec).unwrap_or_default();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        self.js
             .publish_with_headers(subjects::JOBS_SUBMIT, headers, body.into())
             .await
             .map_err(|e| Error::js("submit", e))?
             .await
             .map_err(|e| Error::js("submit", e))?;
-        Ok(JobId(
-            spec.id
-                .clone()
-                .unwrap_or_else(|| format!("job-{}", ack.sequence)),
-        ))
+        Ok(JobId(id))
     }
 
     /// The job's record; `NotFound` until the planner has seen it.
@@ -112,6 +149,8 @@ impl Client {
     }
 
     /// The job's events from its first, live until the stream is dropped.
+    /// Events are telemetry (progress bars, logs); to learn how a job
+    /// ended, follow its record ([`Client::wait`], [`Client::ended`]).
     pub async fn watch(&self, id: &str) -> Result<impl Stream<Item = Result<Event>> + use<>> {
         let stream = self
             .js
@@ -137,18 +176,51 @@ impl Client {
         }))
     }
 
-    /// Wait for the job to end. `Ok` with the record when done; `JobFailed`
-    /// when it failed or was cancelled; `Timeout` after `timeout`.
+    /// The record if the job has ended, `None` while it runs or has no
+    /// record yet. NATS trouble is an error the caller may retry.
+    pub async fn ended(&self, id: &str) -> Result<Option<JobRecord>> {
+        Ok(self
+            .ledger
+            .record(id)
+            .await?
+            .map(|(r, _)| r)
+            .filter(|r| r.state.is_terminal()))
+    }
+
+    /// Wait for the job to end by following its record (a KV watch wakes
+    /// us; a re-read every [`RECHECK_EVERY`] covers a lost watch or a
+    /// server restart). `Ok` with the record when done; `JobFailed` when it
+    /// failed or was cancelled; `Timeout` after `timeout`.
     pub async fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<JobRecord> {
-        let id_owned = id.to_string();
         let until_end = async {
-            let mut events = Box::pin(self.watch(id).await?);
-            while let Some(ev) = events.next().await {
-                if ev?.kind.is_terminal() {
-                    break;
+            let mut changes = self.ledger.watch_record(id).await.ok();
+            loop {
+                match self.ended(id).await {
+                    Ok(Some(rec)) => return Ok::<_, Error>(rec),
+                    Ok(None) => {}
+                    Err(e) if e.kind() == ErrorKind::Decode => return Err(e),
+                    // A server restart or leader election: read again soon.
+                    Err(e) => tracing::debug!("wait {id}: {e}"),
+                }
+                let change = async {
+                    match changes.as_mut() {
+                        Some(w) => {
+                            if w.next().await.is_none() {
+                                changes = None;
+                            }
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = change => {}
+                    _ = tokio::time::sleep(RECHECK_EVERY) => {
+                        if changes.is_none() {
+                            changes = self.ledger.watch_record(id).await.ok();
+                        }
+                    }
                 }
             }
-            self.status(&id_owned).await
         };
         let rec = match timeout {
             Some(t) => tokio::time::timeout(t, until_end).await.map_err(|_| {
@@ -159,50 +231,27 @@ impl Client {
             })??,
             None => until_end.await?,
         };
-        match rec.state {
-            JobState::Done => Ok(rec),
-            JobState::Running => Err(Error::new(
-                ErrorKind::JobFailed,
-                format!("job {id} ended its events but is still running"),
-            )),
-            s => Err(Error::new(
-                ErrorKind::JobFailed,
-                format!(
-                    "job {id} {}: {}",
-                    format!("{s:?}").to_lowercase(),
-                    rec.error.as_deref().unwrap_or("no reason recorded")
-                ),
-            )),
-        }
+        outcome(rec)
     }
 
-    /// Cancel a running job: state cancelled (CAS), then tell workers.
+    /// Cancel a job: state cancelled (CAS), its queued tasks dropped,
+    /// workers told to kill its children. A job not planned yet gets a
+    /// `cancelled` record, so it never runs. A job that already ended
+    /// keeps its end.
     pub async fn cancel(&self, id: &str) -> Result<JobRecord> {
-        let mut changed = false;
-        let rec = self
-            .ledger
-            .update_record(id, |r| {
-                changed = !r.state.is_terminal();
-                if changed {
-                    r.state = JobState::Cancelled;
-                    r.error = Some("cancelled by request".into());
-                    r.finished_at = Some(crate::record::now());
-                }
-                changed
-            })
-            .await?;
-        if changed {
-            self.nats
-                .publish(subjects::cancel(id), "cancel".into())
-                .await
-                .map_err(|e| Error::js("publish cancel", e))?;
-            self.nats
-                .flush()
-                .await
-                .map_err(|e| Error::js("publish cancel", e))?;
-            self.ledger.event(id, EventKind::Cancelled).await?;
-        }
-        Ok(rec)
+        lifecycle::end(
+            &self.ledger,
+            id,
+            End::Cancelled("cancelled by request".into()),
+        )
+        .await
+    }
+
+    /// Resume a failed or cancelled job from its checkpoints: only the
+    /// unfinished tasks run again. Returns the record and the number of
+    /// tasks queued.
+    pub async fn retry(&self, id: &str) -> Result<(JobRecord, u32)> {
+        lifecycle::retry(&self.ledger, id).await
     }
 
     /// Every job record, oldest first.

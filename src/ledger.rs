@@ -130,6 +130,25 @@ impl Ledger {
         Ok(v.is_some())
     }
 
+    /// The task's checkpoint, if it has one.
+    pub async fn checkpoint_of(&self, job: &str, task: &str) -> Result<Option<TaskDone>> {
+        let key = subjects::progress_key(job, task);
+        let v = self
+            .progress
+            .get(&key)
+            .await
+            .map_err(|e| Error::js(&format!("read checkpoint {key}"), e))?;
+        match v {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::new(
+                    ErrorKind::Decode,
+                    format!("checkpoint {key} unreadable: {e}"),
+                )
+            }),
+            None => Ok(None),
+        }
+    }
+
     /// Write the checkpoint once. False when it already existed (someone
     /// else finished the same task): exactly-once completion.
     pub async fn checkpoint(&self, job: &str, task: &str, done: &TaskDone) -> Result<bool> {
@@ -166,18 +185,48 @@ impl Ledger {
 
     /// Publish an event and wait for the stream to store it.
     pub async fn event(&self, job: &str, kind: EventKind) -> Result<()> {
+        self.publish_event(job, kind, None).await
+    }
+
+    /// Publish an event that may be announced by several parties (a job's
+    /// end): the stream stores one per `msg_id`.
+    pub async fn event_once(&self, job: &str, kind: EventKind, msg_id: &str) -> Result<()> {
+        self.publish_event(job, kind, Some(msg_id)).await
+    }
+
+    /// Progress telemetry: a failure is logged, never fails the work.
+    pub async fn event_best_effort(&self, job: &str, kind: EventKind) {
+        if let Err(e) = self.event(job, kind).await {
+            tracing::warn!(job, "event not published: {e}");
+        }
+    }
+
+    async fn publish_event(&self, job: &str, kind: EventKind, msg_id: Option<&str>) -> Result<()> {
         let ev = Event {
             job: job.to_string(),
             time: now(),
             kind,
         };
         let body = serde_json::to_vec(&ev).unwrap_or_default();
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(id) = msg_id {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        }
         self.js
-            .publish(subjects::events(job), body.into())
+            .publish_with_headers(subjects::events(job), headers, body.into())
             .await
             .map_err(|e| Error::js("publish event", e))?
             .await
             .map_err(|e| Error::js("publish event", e))?;
         Ok(())
+    }
+
+    /// A stream that yields whenever the job's record changes (and once for
+    /// its current value). Used to wake followers; they re-read the record.
+    pub async fn watch_record(&self, id: &str) -> Result<kv::Watch> {
+        self.jobs
+            .watch_with_history(id)
+            .await
+            .map_err(|e| Error::js(&format!("watch job {id}"), e))
     }
 }

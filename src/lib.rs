@@ -5,9 +5,11 @@
 
 pub mod client;
 pub mod connect;
+pub mod dispatch;
 pub mod error;
 pub mod job;
 pub mod ledger;
+pub mod lifecycle;
 pub mod manifest;
 #[cfg(feature = "media")]
 pub mod metrics;

@@ -16,6 +16,10 @@ pub const REDELIVERIES: &str = "jetcode_redeliveries_total";
 pub const STALLS: &str = "jetcode_stalls_total";
 /// Jobs planned, by `outcome` (planned, rejected).
 pub const JOBS_PLANNED: &str = "jetcode_jobs_planned_total";
+/// Seconds one reconciler sweep took (only the lease holder sweeps).
+pub const RECONCILE_SECONDS: &str = "jetcode_reconcile_sweep_seconds";
+/// Stranded jobs the reconciler moved on by requeueing work.
+pub const RECONCILE_REPAIRS: &str = "jetcode_reconcile_repairs_total";
 
 pub const LABEL_KIND: &str = "kind";
 pub const LABEL_OUTCOME: &str = "outcome";
@@ -34,4 +38,13 @@ pub fn describe() {
     metrics::describe_counter!(REDELIVERIES, "Task deliveries that were redeliveries");
     metrics::describe_counter!(STALLS, "Children killed for stalled progress");
     metrics::describe_counter!(JOBS_PLANNED, "Job specs handled by the planner, by outcome");
+    metrics::describe_histogram!(
+        RECONCILE_SECONDS,
+        metrics::Unit::Seconds,
+        "Duration of a reconciler sweep over running jobs"
+    );
+    metrics::describe_counter!(
+        RECONCILE_REPAIRS,
+        "Stranded jobs requeued by the reconciler"
+    );
 }

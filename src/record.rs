@@ -47,6 +47,37 @@ pub struct JobRecord {
     pub updated_at: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<f64>,
+    /// How many times `retry` resumed this job (0: never). Tags the
+    /// Msg-Ids of republished tasks and of the job's end event, so the
+    /// dedupe window never swallows a later run's messages.
+    #[serde(default)]
+    pub generation: u32,
+    /// How many times the reconciler republished vanished work in this
+    /// generation; a job that keeps losing it fails instead of looping.
+    #[serde(default)]
+    pub repairs: u32,
+}
+
+impl JobRecord {
+    /// A record in `state` with nothing planned (rejected, or cancelled
+    /// before planning).
+    pub fn unplanned(id: &str, spec: Option<JobSpec>, state: JobState, reason: &str) -> Self {
+        let t = now();
+        JobRecord {
+            id: id.to_string(),
+            output: spec.as_ref().map(|s| s.output.clone()),
+            spec,
+            state,
+            plan: None,
+            tasks_total: 0,
+            error: Some(reason.to_string()),
+            created_at: t,
+            updated_at: t,
+            finished_at: state.is_terminal().then_some(t),
+            generation: 0,
+            repairs: 0,
+        }
+    }
 }
 
 /// An event on `jetcode.events.<job>`.
@@ -97,6 +128,16 @@ pub enum EventKind {
         reason: String,
     },
     Cancelled,
+    /// `retry` resumed a failed or cancelled job: `tasks` unfinished tasks
+    /// were queued again, every checkpoint is reused.
+    Resumed {
+        generation: u32,
+        tasks: u32,
+    },
+    /// The reconciler found the job stranded and moved it on.
+    Repaired {
+        action: String,
+    },
 }
 
 impl EventKind {
@@ -124,6 +165,13 @@ pub struct TaskDone {
     pub seconds: f64,
     pub frames: u64,
     pub at: f64,
+    /// Size of the task's output part; absent for the stitch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// SHA-256 of the part as checkpointed; the stitch refuses a part that
+    /// no longer matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// A worker's heartbeat in `jetcode-workers`.

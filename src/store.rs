@@ -113,6 +113,51 @@ pub fn partial_path(dest: &Path, tag: &str) -> PathBuf {
     dest.with_file_name(format!(".{name}.partial-{tag}"))
 }
 
+/// Make `tmp` durable and move it to `dest` unless `dest` exists: the
+/// first writer wins. Returns false (and removes `tmp`) when an earlier
+/// copy was already there. For checkpointed parts: a late duplicate of a
+/// task must never replace a part that was checkpointed, stitched and
+/// hashed. `link(2)` fails atomically on an existing name, on every
+/// filesystem, unlike a rename.
+pub fn commit_file_once(tmp: &Path, dest: &Path) -> Result<bool> {
+    let io = |what: &str, e: std::io::Error| storage(format!("{what} {}: {e}", dest.display()));
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("sync", e))?;
+    let placed = match std::fs::hard_link(tmp, dest) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(io("link to", e)),
+    };
+    let _ = std::fs::remove_file(tmp);
+    if let Some(dir) = dest.parent() {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(placed)
+}
+
+/// Size and SHA-256 (hex) of a file, read in 1 MiB blocks.
+pub fn digest_file(path: &Path) -> Result<(u64, String)> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| storage(format!("read {}: {e}", path.display())))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| storage(format!("read {}: {e}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
 /// Make `tmp` durable and atomically move it to `dest`.
 pub fn commit_file(tmp: &Path, dest: &Path) -> Result<()> {
     let io = |what: &str, e: std::io::Error| storage(format!("{what} {}: {e}", dest.display()));
@@ -154,6 +199,15 @@ mod tests {
             .source_path(&url(&root.path().join("link.mp4")))
             .unwrap_err();
         assert!(e.to_string().contains("outside"), "symlink escape: {e}");
+        // First writer wins: a second commit keeps the first file.
+        let dest = root.path().join("part.ts");
+        std::fs::write(root.path().join("a.tmp"), b"first").unwrap();
+        std::fs::write(root.path().join("b.tmp"), b"second").unwrap();
+        assert!(commit_file_once(&root.path().join("a.tmp"), &dest).unwrap());
+        assert!(!commit_file_once(&root.path().join("b.tmp"), &dest).unwrap());
+        assert_eq!(std::fs::read(&dest).unwrap(), b"first");
+        assert!(!root.path().join("b.tmp").exists(), "loser's temp removed");
+        assert_eq!(digest_file(&dest).unwrap().0, 5);
         let e = roots
             .source_path(&format!("{}/../x", url(root.path())))
             .unwrap_err();

@@ -11,8 +11,16 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use crate::error::{Error, Result};
 use crate::subjects::*;
 
-/// How long a task may go without an ack or progress ack before redelivery.
-pub const TASK_ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long a task may go without an ack or progress ack before
+/// redelivery: how fast a killed or frozen worker's task comes back.
+/// Workers progress-ack every [`PROGRESS_ACK_EVERY`] while a child lives.
+pub const TASK_ACK_WAIT: Duration = Duration::from_secs(10);
+/// How often a worker tells the server it is still on a task; a third of
+/// [`TASK_ACK_WAIT`], so two lost acks in a row do not cause a redelivery.
+pub const PROGRESS_ACK_EVERY: Duration = Duration::from_secs(3);
+/// Time-to-live of a lease in [`LEASES_BUCKET`]: a dead reconciler's lease
+/// is free after this long.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
 /// Deliveries before a task is given up (and its job failed).
 pub const TASK_MAX_DELIVER: i64 = 5;
 /// How long a job spec may be planned before redelivery.
@@ -116,7 +124,7 @@ pub fn consumer_configs() -> Vec<(&'static str, consumer::pull::Config)> {
     ]
 }
 
-/// The three KV buckets.
+/// The KV buckets.
 pub fn bucket_configs() -> Vec<kv::Config> {
     vec![
         kv::Config {
@@ -135,6 +143,14 @@ pub fn bucket_configs() -> Vec<kv::Config> {
             ..Default::default()
         },
         kv::Config {
+            bucket: LEASES_BUCKET.into(),
+            description: "leases: one active reconciler in the fleet".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            max_age: LEASE_TTL,
+            ..Default::default()
+        },
+        kv::Config {
             bucket: WORKERS_BUCKET.into(),
             description: "worker id -> Heartbeat; absent = dead".into(),
             history: 1,
@@ -143,6 +159,22 @@ pub fn bucket_configs() -> Vec<kv::Config> {
             ..Default::default()
         },
     ]
+}
+
+/// Open bucket `name`, creating it from its definition when it is missing
+/// (a memory bucket is gone after a server restart; a worker must not go
+/// silent because of that).
+pub async fn ensure_bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store> {
+    if let Ok(kv) = js.get_key_value(name).await {
+        return Ok(kv);
+    }
+    let cfg = bucket_configs()
+        .into_iter()
+        .find(|c| c.bucket == name)
+        .ok_or_else(|| Error::js("open bucket", format!("{name} is not a jetcode bucket")))?;
+    js.create_key_value(cfg)
+        .await
+        .map_err(|e| Error::js(&format!("create bucket {name}"), e))
 }
 
 /// What `apply` did to one object.

@@ -102,10 +102,31 @@ pub fn progress_key(job: &str, task: &str) -> String {
     format!("{job}.{task}")
 }
 
-/// Msg-Id of a task message: `<job>.<task>`.
-pub fn task_msg_id(job: &str, task: &str) -> String {
-    format!("{job}.{task}")
+/// Msg-Id of a task message: `<job>.<task>`, or `<job>.<task>.<tag>` for
+/// a later copy (a retry generation `g<n>`, a reconciler repair `g<n>r<m>`)
+/// that the 1 h dedupe window must not swallow.
+pub fn task_msg_id(job: &str, task: &str, tag: Option<&str>) -> String {
+    match tag {
+        Some(t) => format!("{job}.{task}.{t}"),
+        None => format!("{job}.{task}"),
+    }
 }
+
+/// Msg-Id of a job's end event (done, failed, cancelled) in one
+/// generation: whoever sees the end may announce it; one event is stored.
+pub fn end_event_msg_id(job: &str, generation: u32) -> String {
+    format!("{job}.end.g{generation}")
+}
+
+/// Every task subject of one job, for counting and purging its queue.
+pub fn tasks_of_job(job: &str) -> String {
+    format!("jetcode.tasks.*.{job}")
+}
+
+/// KV bucket of leases (one active reconciler in the fleet), short max_age.
+pub const LEASES_BUCKET: &str = "jetcode-leases";
+/// Key of the reconciler's lease in [`LEASES_BUCKET`].
+pub const RECONCILER_LEASE: &str = "reconciler";
 
 /// Object key of an encoded part, relative to the job's output.
 pub fn part_key(rendition: &str, index: u32) -> String {

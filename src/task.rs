@@ -9,10 +9,19 @@ use crate::job::{OutputFormat, Rendition};
 use crate::plan::{Plan, Segment};
 use crate::subjects::TaskKind;
 
-/// A task as published to JETCODE_TASKS.
+/// Version of the task message format this build writes and understands.
+/// A newer worker may add fields (ignored here) or bump this for a change
+/// an older worker must not guess at: it hands such tasks back for a newer
+/// worker instead of failing the job (rolling upgrades).
+pub const TASK_VERSION: u32 = 1;
+
+/// A task as published to JETCODE_TASKS. Unlike the user-facing JobSpec,
+/// unknown fields are tolerated: they come from newer workers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Task {
+    /// Message format version; absent in messages of the first release.
+    #[serde(default = "first_version")]
+    pub v: u32,
     pub job: String,
     /// Unique within the job: `seg-<rendition>-<index>`, `audio`, `stitch`.
     pub id: String,
@@ -43,7 +52,35 @@ pub enum TaskBody {
     },
 }
 
+fn first_version() -> u32 {
+    1
+}
+
+/// Why a task message could not be used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskDecodeError {
+    /// Written by a newer jetcode: leave it for a worker that knows it.
+    Newer(u32),
+    /// Not a task at all.
+    Unreadable(String),
+}
+
 impl Task {
+    /// Decode a task message, telling "too new for me" from "broken".
+    pub fn decode(payload: &[u8]) -> Result<Task, TaskDecodeError> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            #[serde(default = "first_version")]
+            v: u32,
+        }
+        if let Ok(env) = serde_json::from_slice::<Envelope>(payload) {
+            if env.v > TASK_VERSION {
+                return Err(TaskDecodeError::Newer(env.v));
+            }
+        }
+        serde_json::from_slice(payload).map_err(|e| TaskDecodeError::Unreadable(e.to_string()))
+    }
+
     pub fn kind(&self) -> TaskKind {
         match self.body {
             TaskBody::Segment { .. } => TaskKind::Segment,
@@ -119,3 +156,26 @@ pub enum ChildLine {
 pub const EXIT_PERMANENT: i32 = 3;
 /// Exit code of a media child whose failure may succeed on retry.
 pub const EXIT_TRANSIENT: i32 = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_unknown_fields() {
+        let old = br#"{"job":"j","id":"audio","source":"file:///a","output":"file:///o/","body":{"kind":"audio"}}"#;
+        let t = Task::decode(old).unwrap();
+        assert_eq!((t.v, t.kind()), (1, TaskKind::Audio));
+        let extra = br#"{"v":1,"job":"j","id":"audio","source":"s","output":"o","body":{"kind":"audio"},"hint":3}"#;
+        assert!(
+            Task::decode(extra).is_ok(),
+            "a newer minor field is ignored"
+        );
+        let newer = br#"{"v":2,"job":"j","id":"x","body":{"kind":"teleport"}}"#;
+        assert_eq!(Task::decode(newer), Err(TaskDecodeError::Newer(2)));
+        assert!(matches!(
+            Task::decode(b"{nope"),
+            Err(TaskDecodeError::Unreadable(_))
+        ));
+    }
+}

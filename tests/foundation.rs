@@ -115,15 +115,19 @@ async fn submit_dedupes_by_id_and_names_anonymous_jobs() {
         "duplicate submit stored twice"
     );
 
+    // Anonymous specs get fresh time-ordered ids: never a reused one.
     let anon = client.submit(&spec(None)).await.unwrap();
-    assert_eq!(anon.0, "job-2");
+    let anon2 = client.submit(&spec(None)).await.unwrap();
+    assert!(anon.0.starts_with("job-") && anon.0.len() == 30, "{anon}");
+    assert_ne!(anon, anon2);
+    assert_eq!(stream_messages(&js, subjects::JOBS_STREAM).await, 3);
 
     // Raw NATS publish of JSON, as `nats req jetcode.jobs.submit` does.
     let raw = r#"{"id":"raw-1","source":"file:///srv/in/b.mp4","output":"file:///srv/out/b/","renditions":["h264-480p"]}"#;
     let reply = nc.request(subjects::JOBS_SUBMIT, raw.into()).await.unwrap();
     let ack: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(ack["stream"], subjects::JOBS_STREAM, "{ack}");
-    assert_eq!(stream_messages(&js, subjects::JOBS_STREAM).await, 3);
+    assert_eq!(stream_messages(&js, subjects::JOBS_STREAM).await, 4);
 }
 
 #[tokio::test]

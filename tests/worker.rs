@@ -748,3 +748,292 @@ async fn busy_worker_exits_in_bound_after_sigterm_with_nats_gone() {
         processes_mentioning(&root).is_empty()
     });
 }
+
+// ---- Every job ends (issue 9) --------------------------------------------
+
+/// Flip a job back to `running` as a crash between its stitch checkpoint
+/// and its `done` record would leave it.
+async fn strand_as_running(f: &Fixture, id: &str) {
+    f.client
+        .ledger()
+        .update_record(id, |r| {
+            r.state = JobState::Running;
+            r.finished_at = None;
+            true
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpointed_stitch_always_finishes_the_job() {
+    let f = Fixture::new().await;
+    let src = f.clip("in.mp4", 4.0, 320, 180);
+    let _a = f.worker("plain", &["--reconcile-interval", "0"]);
+    let spec = f.spec(
+        "stitched",
+        &src,
+        serde_json::json!([small("r180", 180, "ultrafast")]),
+        2.0,
+    );
+    f.client.submit(&spec).await.unwrap();
+    f.client
+        .wait("stitched", Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+
+    // 1. A redelivered stitch whose checkpoint exists runs the finish step.
+    strand_as_running(&f, "stitched").await;
+    let rec = f.client.status("stitched").await.unwrap();
+    let (spec_r, plan) = jetcode::dispatch::planned(&rec).unwrap();
+    let stitch = jetcode::dispatch::stitch_task("stitched", spec_r, plan).unwrap();
+    let js = async_nats::jetstream::new(f.client.nats().clone());
+    jetcode::dispatch::publish(&js, &[stitch], Some("again"))
+        .await
+        .unwrap();
+    let rec = f
+        .client
+        .wait("stitched", Some(Duration::from_secs(30)))
+        .await
+        .expect("redelivered checkpointed stitch finishes the job");
+    assert_eq!(rec.state, JobState::Done);
+
+    // 2. No message at all: the reconciler finishes it.
+    strand_as_running(&f, "stitched").await;
+    let _b = f.worker("reconciler", &["--reconcile-interval", "1"]);
+    let rec = f
+        .client
+        .wait("stitched", Some(Duration::from_secs(30)))
+        .await
+        .expect("reconciler finishes a job whose stitch is checkpointed");
+    assert_eq!(rec.state, JobState::Done);
+    assert_outputs(&f.out("stitched"), &src, &["r180"]);
+
+    // 3. The id is taken: the same id with another spec is refused.
+    let mut other = spec.clone();
+    other.segment_seconds = Some(3.0);
+    let err = f.client.submit(&other).await.unwrap_err();
+    assert_eq!(err.kind(), jetcode::ErrorKind::InvalidSpec);
+    assert!(err.to_string().contains("different spec"), "{err}");
+    assert_eq!(f.client.submit(&spec).await.unwrap().0, "stitched");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciler_requeues_tasks_that_vanished_from_the_queue() {
+    let f = Fixture::new().await;
+    let src = f.clip("in.mp4", 6.0, 320, 180);
+    // A planner-only worker plans the job, then dies; the queued tasks are
+    // then lost, as a power failure under lazy fsync can lose them.
+    let mut planner = f.worker("planner", &["--slots", "0", "--reconcile-interval", "0"]);
+    let spec = f.spec(
+        "vanished",
+        &src,
+        serde_json::json!([small("r180", 180, "ultrafast")]),
+        2.0,
+    );
+    f.client.submit(&spec).await.unwrap();
+    wait_for(Duration::from_secs(60), "job planned", || async {
+        f.client.status("vanished").await.is_ok()
+    })
+    .await;
+    planner.signal(libc::SIGKILL);
+    planner.wait_exit(Duration::from_secs(10));
+    let js = async_nats::jetstream::new(f.client.nats().clone());
+    let stream = js
+        .get_stream(jetcode::subjects::TASKS_STREAM)
+        .await
+        .unwrap();
+    stream.purge().await.unwrap();
+    assert_eq!(
+        jetcode::dispatch::queued(&js, "vanished").await.unwrap(),
+        (0, 0)
+    );
+
+    let _w = f.worker("fresh", &["--reconcile-interval", "1"]);
+    let rec = f
+        .client
+        .wait("vanished", Some(Duration::from_secs(90)))
+        .await
+        .expect("stranded job completes");
+    assert_eq!(rec.state, JobState::Done);
+    assert_eq!(rec.repairs, 1, "one repair");
+    assert_outputs(&f.out("vanished"), &src, &["r180"]);
+    let evs = f.events("vanished").await;
+    assert!(
+        evs.iter().any(
+            |e| matches!(&e.kind, EventKind::Repaired { action } if action.contains("vanished"))
+        ),
+        "repair announced: {evs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_follows_the_record_not_only_events() {
+    let f = Fixture::new().await;
+    let ledger = f.client.ledger().clone();
+    let rec = jetcode::JobRecord::unplanned("quiet", None, JobState::Running, "");
+    assert!(ledger.create_record(&rec).await.unwrap());
+    let client = f.client.clone();
+    let waiter =
+        tokio::spawn(async move { client.wait("quiet", Some(Duration::from_secs(20))).await });
+    // The job ends without any event (its announcement was lost).
+    ledger
+        .update_record("quiet", |r| {
+            r.state = JobState::Failed;
+            r.error = Some("lost announcement".into());
+            true
+        })
+        .await
+        .unwrap();
+    let err = waiter.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), jetcode::ErrorKind::JobFailed, "{err}");
+    assert!(err.to_string().contains("lost announcement"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_before_planning_wins_and_retry_resumes_from_checkpoints() {
+    let f = Fixture::new().await;
+    let src = f.clip("in.mp4", 8.0, 320, 180);
+    // Cancelled before any worker saw it: it must never run.
+    let rec = f.client.cancel("early").await.unwrap();
+    assert_eq!(rec.state, JobState::Cancelled);
+    let _w = f.worker("w", &["--reconcile-interval", "0"]);
+    let early = f.spec(
+        "early",
+        &src,
+        serde_json::json!([small("r180", 180, "ultrafast")]),
+        2.0,
+    );
+    f.client.submit(&early).await.unwrap();
+
+    // A job cancelled mid-way resumes with `retry`, reusing checkpoints.
+    let spec = f.spec(
+        "resumed",
+        &src,
+        serde_json::json!([small("r180", 180, "medium")]),
+        2.0,
+    );
+    f.client.submit(&spec).await.unwrap();
+    f.wait_event(
+        "resumed",
+        "a part done",
+        |k| matches!(k, EventKind::TaskDone { task, .. } if task.starts_with("seg-")),
+    )
+    .await;
+    let rec = f.client.cancel("resumed").await.unwrap();
+    assert_eq!(rec.state, JobState::Cancelled);
+    let done_before: HashSet<String> = f
+        .client
+        .ledger()
+        .done_tasks("resumed")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(!done_before.is_empty());
+    let (rec, queued) = f.client.retry("resumed").await.unwrap();
+    assert_eq!((rec.state, rec.generation), (JobState::Running, 1));
+    assert!(
+        (queued as usize) <= rec.tasks_total as usize + 1 - done_before.len(),
+        "only unfinished tasks queued: {queued}"
+    );
+    let rec = f
+        .client
+        .wait("resumed", Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, JobState::Done);
+    assert_outputs(&f.out("resumed"), &src, &["r180"]);
+    let evs = f.events("resumed").await;
+    let done = task_done_counts(&evs);
+    for t in &done_before {
+        assert_eq!(done.get(t), Some(&1), "{t} was encoded again after retry");
+    }
+    assert!(f.client.retry("resumed").await.is_err(), "done is final");
+
+    // The early-cancelled job never ran.
+    assert_eq!(
+        f.client.status("early").await.unwrap().state,
+        JobState::Cancelled
+    );
+    assert!(f
+        .events("early")
+        .await
+        .iter()
+        .all(|e| !matches!(e.kind, EventKind::TaskStarted { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn task_from_a_newer_worker_is_left_for_it_not_failed() {
+    let f = Fixture::new().await;
+    let rec = jetcode::JobRecord::unplanned("future", None, JobState::Running, "");
+    assert!(f.client.ledger().create_record(&rec).await.unwrap());
+    let js = async_nats::jetstream::new(f.client.nats().clone());
+    let body = br#"{"v":2,"job":"future","id":"seg-x-00000","body":{"kind":"hologram"}}"#;
+    js.publish("jetcode.tasks.segment.future", body.as_slice().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _w = f.worker("old", &["--reconcile-interval", "0"]);
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(
+            jetcode::subjects::WORKERS_CONSUMER,
+            jetcode::subjects::TASKS_STREAM,
+        )
+        .await
+        .unwrap();
+    // Delivered to the old worker, which naks it (with a delay) ...
+    wait_for(Duration::from_secs(30), "task delivered and nak'ed", || {
+        let mut c = consumer.clone();
+        async move {
+            c.info()
+                .await
+                .map(|i| i.delivered.stream_sequence >= 1 && i.num_ack_pending == 1)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let log = f.root().join("old.log");
+    wait_until(Duration::from_secs(10), "hand-back logged", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("newer jetcode")
+    });
+    // ... and the job is not failed.
+    assert_eq!(
+        f.client.status("future").await.unwrap().state,
+        JobState::Running
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_resume_after_a_server_restart() {
+    let server = NatsServer::start();
+    let nc = connect_applied(&server).await;
+    drop(nc);
+    let root = tempfile::tempdir().unwrap();
+    let _w = WorkerProc::start(&server.url(), "survivor", root.path(), &[], &[]);
+    let live = |url: String| async move {
+        let Ok(nc) = jetcode::ConnectOptions::new(url).connect().await else {
+            return false;
+        };
+        let Ok(c) = Client::from_nats(nc).await else {
+            return false;
+        };
+        c.workers()
+            .await
+            .map(|ws| ws.iter().any(|w| w.id == "survivor"))
+            .unwrap_or(false)
+    };
+    wait_for(Duration::from_secs(30), "first heartbeat", || {
+        live(server.url())
+    })
+    .await;
+    // The heartbeat bucket lives in memory: a restart loses it.
+    let server = server.restart();
+    wait_for(Duration::from_secs(30), "heartbeat after restart", || {
+        live(server.url())
+    })
+    .await;
+}

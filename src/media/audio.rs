@@ -56,7 +56,7 @@ pub fn encode_audio(
     let tmp = util::tmp_path(&work.output);
     match run(&work.input, &tmp, progress) {
         Ok(s) => {
-            util::commit(&tmp, &work.output)?;
+            util::commit_once(&tmp, &work.output)?;
             Ok(s)
         }
         Err(e) => {

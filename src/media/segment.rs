@@ -59,7 +59,7 @@ pub fn encode_segment(
     let res = run(work, encoder, parser, &tmp, progress);
     match res {
         Ok(n) if n == seg.frames() => {
-            util::commit(&tmp, &work.output)?;
+            util::commit_once(&tmp, &work.output)?;
             Ok(n)
         }
         Ok(n) => {

@@ -242,6 +242,22 @@ pub(crate) fn commit(tmp: &Path, path: &Path) -> Result<(), MediaError> {
     })
 }
 
+/// Make `tmp` durable and place it at `path` unless a part is already
+/// there (first writer wins; see [`crate::store::commit_file_once`]).
+pub(crate) fn commit_once(tmp: &Path, path: &Path) -> Result<(), MediaError> {
+    match crate::store::commit_file_once(tmp, path) {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            tracing::info!(path = %path.display(), "an earlier attempt already placed this part; kept it");
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(tmp);
+            Err(MediaError::transient(e.to_string()))
+        }
+    }
+}
+
 /// Write `bytes` to `path` atomically.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MediaError> {
     ensure_parent(path)?;

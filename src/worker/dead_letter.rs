@@ -17,8 +17,9 @@ use async_nats::jetstream::{self, AckKind};
 use serde::Deserialize;
 
 use super::{planner, tasks, Worker};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::job::JobSpec;
+use crate::lifecycle::{self, End};
 use crate::subjects;
 use crate::task::Task;
 
@@ -40,6 +41,9 @@ impl Advisory {
     }
 }
 
+/// Tries before an advisory whose job has no record is dropped.
+const NO_RECORD_TRIES: i64 = 5;
+
 pub(super) async fn dead_letter_loop(w: Arc<Worker>, consumer: PullConsumer) {
     while let Some(mut batch) = super::next_batch(&w, &consumer, 16, "dead-letter").await {
         while let Some(Ok(msg)) = batch.next(&w.shutdown).await {
@@ -51,8 +55,18 @@ pub(super) async fn dead_letter_loop(w: Arc<Worker>, consumer: PullConsumer) {
                     continue;
                 }
             };
+            let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
             match handle(&w, &advisory).await {
                 Ok(()) => {
+                    let _ = msg.double_ack().await;
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound && delivered >= NO_RECORD_TRIES => {
+                    // A dead task of a job that has no record (purged by
+                    // hand): nothing to fail, stop asking.
+                    tracing::warn!(
+                        ?advisory,
+                        "dead letter dropped after {delivered} tries: {e}"
+                    );
                     let _ = msg.double_ack().await;
                 }
                 Err(e) => {
@@ -98,28 +112,41 @@ async fn handle(w: &Worker, a: &Advisory) -> Result<()> {
         // but publishing its tasks kept failing): fail it. Each is a no-op
         // in the other case.
         planner::reject(w, &id, spec, reason.clone()).await?;
-        tasks::fail_job(w, &id, &reason).await?;
+        lifecycle::end(&w.ledger, &id, End::Failed(reason)).await?;
         return Ok(());
     }
     if a.stream != subjects::TASKS_STREAM {
         return Ok(());
     }
-    match serde_json::from_slice::<Task>(&dead.payload) {
+    match Task::decode(&dead.payload) {
         Ok(task) => {
-            let reason = if a.terminated() {
-                format!("task {} was terminated", task.id)
-            } else {
-                format!(
-                    "task {} was delivered {} times and never finished (its workers died, hung or lost NATS)",
-                    task.id, a.deliveries
-                )
-            };
-            tasks::fail_job(w, &task.job, &reason).await?;
+            // Its last delivery may have checkpointed before it died, or
+            // finished past its deadline: then the job is not failed, it
+            // needs its completion step.
+            let record = w.ledger.record(&task.job).await?;
+            let checkpointed = w.ledger.is_done(&task.job, &task.id).await?;
+            match record {
+                Some((rec, _)) if checkpointed && !rec.state.is_terminal() => {
+                    tracing::info!(job = %task.job, task = %task.id, "dead task was checkpointed: completing instead of failing");
+                    tasks::after_checkpoint(w, &rec, &task).await?;
+                }
+                _ => {
+                    let reason = if a.terminated() {
+                        format!("task {} was terminated", task.id)
+                    } else {
+                        format!(
+                            "task {} was delivered {} times and never finished (its workers died, hung or lost NATS)",
+                            task.id, a.deliveries
+                        )
+                    };
+                    lifecycle::end(&w.ledger, &task.job, End::Failed(reason)).await?;
+                }
+            }
         }
         Err(e) => {
             if let Some(job) = subjects::job_of_task_subject(dead.subject.as_str()) {
-                let reason = format!("task {} is unreadable: {e}", a.stream_seq);
-                tasks::fail_job(w, job, &reason).await?;
+                let reason = format!("task {} is unreadable: {e:?}", a.stream_seq);
+                lifecycle::end(&w.ledger, job, End::Failed(reason)).await?;
             }
         }
     }

@@ -75,13 +75,9 @@ impl Worker {
 
 /// Write heartbeats until `stop`, then delete ours.
 pub async fn heartbeat_loop(w: Arc<Worker>, stop: CancellationToken) {
-    let kv = match w.js.get_key_value(subjects::WORKERS_BUCKET).await {
-        Ok(kv) => kv,
-        Err(e) => {
-            tracing::error!("heartbeats disabled: {e}");
-            return;
-        }
-    };
+    // Opened lazily and re-opened (re-created if need be) after a failure:
+    // the bucket lives in memory and vanishes when nats-server restarts.
+    let mut kv: Option<async_nats::jetstream::kv::Store> = None;
     let mut sampler = Sampler::new();
     let mut last_frames = w.frames.load(Ordering::Relaxed);
     let mut last_at = std::time::Instant::now();
@@ -103,15 +99,37 @@ pub async fn heartbeat_loop(w: Arc<Worker>, stop: CancellationToken) {
         if watchdog {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         }
-        match tokio::time::timeout(NATS_OP_BOUND, kv.put(&w.id, body.into())).await {
-            Ok(Ok(_)) => {
+        let put = async {
+            if kv.is_none() {
+                kv = Some(
+                    crate::streams::ensure_bucket(&w.js, subjects::WORKERS_BUCKET)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            match &kv {
+                Some(store) => store
+                    .put(&w.id, body.into())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
+        };
+        let result = tokio::time::timeout(NATS_OP_BOUND, put)
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()));
+        match result {
+            Ok(()) => {
                 if failing {
                     tracing::info!("heartbeats resumed");
                     failing = false;
                 }
             }
-            Ok(Err(e)) => heartbeat_failed(&mut failing, &e.to_string()),
-            Err(_) => heartbeat_failed(&mut failing, "timed out"),
+            Err(e) => {
+                kv = None;
+                heartbeat_failed(&mut failing, &e);
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -119,6 +137,7 @@ pub async fn heartbeat_loop(w: Arc<Worker>, stop: CancellationToken) {
             _ = w.busy_changed.notified() => {}
         }
     }
+    let Some(kv) = kv else { return };
     match tokio::time::timeout(NATS_OP_BOUND, kv.delete(&w.id)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!("could not delete heartbeat (it expires by itself): {e}"),
@@ -172,7 +191,9 @@ pub async fn http_loop(
                 "/readyz"
                     if connected
                         && w.ready.load(Ordering::Relaxed)
-                        && !w.shutdown.is_cancelled() =>
+                        && !w.shutdown.is_cancelled()
+                        && w.local_failures.load(Ordering::Relaxed)
+                            < super::LOCAL_FAILURES_UNREADY =>
                 {
                     (200, "ready\n".to_string(), "text/plain")
                 }

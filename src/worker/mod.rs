@@ -4,6 +4,7 @@
 mod dead_letter;
 mod health;
 mod planner;
+mod reconcile;
 mod supervise;
 mod tasks;
 
@@ -63,6 +64,11 @@ pub struct WorkerArgs {
     /// Do not run the planner role.
     #[arg(long)]
     pub no_planner: bool,
+    /// Seconds between reconciler sweeps (one worker of the fleet holds the
+    /// reconciler lease and sweeps); a stranded job moves again within
+    /// about twice this plus 20 s. 0: never take the lease.
+    #[arg(long, env = "JETCODE_RECONCILE_INTERVAL", default_value_t = 15.0)]
+    pub reconcile_interval: f64,
     /// Apply streams/buckets at start (idempotent) instead of requiring them.
     #[arg(long)]
     pub apply_streams: bool,
@@ -85,6 +91,9 @@ impl WorkerArgs {
     }
 }
 
+/// Consecutive tasks this worker could not run before it reports not ready.
+pub(crate) const LOCAL_FAILURES_UNREADY: u32 = 3;
+
 /// Shared state of one worker process.
 pub(crate) struct Worker {
     id: String,
@@ -106,6 +115,9 @@ pub(crate) struct Worker {
     busy_changed: tokio::sync::Notify,
     frames: AtomicU64,
     tasks_done: AtomicU64,
+    /// Tasks in a row this worker could not run (paths outside its roots,
+    /// a missing mount); at [`LOCAL_FAILURES_UNREADY`] /readyz says no.
+    local_failures: AtomicU32,
     ready: AtomicBool,
     started_at: f64,
     last_heartbeat: Mutex<Option<Heartbeat>>,
@@ -250,6 +262,7 @@ pub async fn run_until(
         busy_changed: tokio::sync::Notify::new(),
         frames: AtomicU64::new(0),
         tasks_done: AtomicU64::new(0),
+        local_failures: AtomicU32::new(0),
         ready: AtomicBool::new(false),
         started_at: crate::record::now(),
         health_addr: health_addr.map(|a| a.to_string()),
@@ -276,6 +289,13 @@ pub async fn run_until(
         let w2 = w.clone();
         let c = planner_consumer.clone();
         side.spawn(async move { planner::planner_loop(w2, c).await });
+    }
+    if args.reconcile_interval > 0.0 {
+        side.spawn(reconcile::reconcile_loop(
+            w.clone(),
+            Duration::from_secs_f64(args.reconcile_interval),
+            background.clone(),
+        ));
     }
     side.spawn(dead_letter::dead_letter_loop(
         w.clone(),
@@ -471,8 +491,9 @@ impl Batch {
 
 /// The next batch of up to `max` messages of a short-task role (planner,
 /// dead letters), waiting at most 5 s; `None` once the worker shuts down.
-/// NATS trouble is logged and retried after a second.
+/// NATS trouble is logged and retried with backoff (0.5 s doubling to 10 s).
 async fn next_batch(w: &Worker, consumer: &PullConsumer, max: usize, role: &str) -> Option<Batch> {
+    let mut backoff = Duration::from_millis(500);
     loop {
         if w.shutdown.is_cancelled() {
             return None;
@@ -484,11 +505,12 @@ async fn next_batch(w: &Worker, consumer: &PullConsumer, max: usize, role: &str)
         match batch {
             Ok(b) => return Some(Batch::new(b)),
             Err(e) => {
-                tracing::warn!("{role} fetch: {e}");
+                tracing::warn!("{role} fetch: {e} (retrying in {backoff:?})");
                 tokio::select! {
                     _ = w.shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }

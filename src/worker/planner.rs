@@ -11,8 +11,6 @@ use crate::error::{Error, Result};
 use crate::job::{valid_id, JobSpec};
 use crate::plan::{self, PlanOptions, SourceFacts};
 use crate::record::{now, EventKind, JobRecord, JobState};
-use crate::subjects::{self, TaskKind};
-use crate::task::{Task, TaskBody, AUDIO_TASK_ID};
 
 /// A probe may take this long (it scans the whole file's packets).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -54,7 +52,10 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
             return reject(w, &id, None, invalid.to_string()).await;
         }
     };
-    let id = spec.id.clone().unwrap_or_else(|| format!("job-{seq}"));
+    let id = match &spec.id {
+        Some(id) => id.clone(),
+        None => unused_seq_id(w, seq, &spec).await?,
+    };
 
     if resume_recorded(w, &id, &spec).await? {
         return Ok(());
@@ -127,6 +128,8 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         created_at: t,
         updated_at: t,
         finished_at: None,
+        generation: 0,
+        repairs: 0,
     };
     if !w.ledger.create_record(&rec).await? {
         // Someone recorded this job while we probed (a redelivered copy, or
@@ -155,17 +158,44 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
 /// If `id` already has a record, make sure a running one has its tasks
 /// published and return true. Redelivered after a crash mid-plan, or a
 /// resubmit: publishing the same tasks again is harmless (Msg-Id dedupe,
-/// checkpoints).
+/// checkpoints). A record with another spec under the same id is left
+/// alone: the producer's `submit` refuses that case, so only a raw publish
+/// gets here, and it must not hijack a job.
 async fn resume_recorded(w: &Worker, id: &str, spec: &JobSpec) -> Result<bool> {
     let Some((rec, _)) = w.ledger.record(id).await? else {
         return Ok(false);
     };
+    if rec.spec.as_ref().is_some_and(|s| s != spec) {
+        tracing::warn!(job = %id, "a different spec was submitted under an existing job id; ignored");
+        return Ok(true);
+    }
     if rec.state == JobState::Running {
         if let Some(p) = &rec.plan {
-            publish_tasks(w, id, spec, p).await?;
+            let tag = crate::dispatch::generation_tag(rec.generation);
+            crate::dispatch::publish(
+                &w.js,
+                &crate::dispatch::work_tasks(id, spec, p)?,
+                tag.as_deref(),
+            )
+            .await?;
         }
     }
     Ok(true)
+}
+
+/// `job-<seq>` for a spec published without an id (e.g. `nats req`), unless
+/// that id belongs to another job (the stream was recreated and its
+/// sequence restarted): then `job-<seq>-<ULID>`, never a hijack.
+async fn unused_seq_id(w: &Worker, seq: u64, spec: &JobSpec) -> Result<String> {
+    let id = format!("job-{seq}");
+    match w.ledger.record(&id).await? {
+        Some((rec, _)) if rec.spec.as_ref().is_some_and(|s| s != spec) => {
+            let fresh = format!("{id}-{}", ulid::Ulid::new().to_string().to_lowercase());
+            tracing::warn!(job = %fresh, "{id} is taken by an older job (was the stream recreated?)");
+            Ok(fresh)
+        }
+        _ => Ok(id),
+    }
 }
 
 /// The id a malformed spec asked for, if it is a valid one.
@@ -182,81 +212,15 @@ pub(super) async fn reject(
     spec: Option<JobSpec>,
     reason: String,
 ) -> Result<()> {
-    let t = now();
-    let rec = JobRecord {
-        id: id.to_string(),
-        output: spec.as_ref().map(|s| s.output.clone()),
-        spec,
-        state: JobState::Failed,
-        plan: None,
-        tasks_total: 0,
-        error: Some(reason.clone()),
-        created_at: t,
-        updated_at: t,
-        finished_at: Some(t),
-    };
+    let rec = JobRecord::unplanned(id, spec, JobState::Failed, &reason);
     // An existing record (e.g. a bad resubmit of a good job's id) is left alone.
     if w.ledger.create_record(&rec).await? {
-        w.ledger.event(id, EventKind::Failed { reason }).await?;
+        crate::lifecycle::announce(&w.ledger, &rec).await?;
     }
     Ok(())
 }
 
-/// Publish every segment and audio task with its Msg-Id.
+/// Queue every segment and audio task of a freshly planned job.
 async fn publish_tasks(w: &Worker, id: &str, spec: &JobSpec, p: &plan::Plan) -> Result<()> {
-    let renditions = spec.resolved_renditions()?;
-    let mut tasks = Vec::new();
-    for s in &p.segments {
-        for r in &renditions {
-            tasks.push(Task {
-                job: id.to_string(),
-                id: Task::segment_id(&r.name, s.index),
-                source: spec.source.clone(),
-                output: spec.output.clone(),
-                body: TaskBody::Segment {
-                    rendition: r.clone(),
-                    segment: *s,
-                    fps_num: p.fps_num,
-                    fps_den: p.fps_den,
-                    pts_offset_ns: p.pts_offset_ns,
-                },
-            });
-        }
-    }
-    if p.has_audio {
-        tasks.push(Task {
-            job: id.to_string(),
-            id: AUDIO_TASK_ID.into(),
-            source: spec.source.clone(),
-            output: spec.output.clone(),
-            body: TaskBody::Audio,
-        });
-    }
-    // Segments are published in time order, interleaving renditions, so the
-    // first minutes of every rendition are ready first.
-    let mut acks = Vec::new();
-    for t in &tasks {
-        acks.push(publish_task(&w.js, t).await?);
-    }
-    for a in acks {
-        a.await.map_err(|e| Error::js("publish task", e))?;
-    }
-    Ok(())
-}
-
-/// Publish one task with Msg-Id `<job>.<task>`; returns the pending ack.
-pub(super) async fn publish_task(
-    js: &jetstream::Context,
-    t: &Task,
-) -> Result<jetstream::context::PublishAckFuture> {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        subjects::task_msg_id(&t.job, &t.id).as_str(),
-    );
-    let kind: TaskKind = t.kind();
-    let body = serde_json::to_vec(t).unwrap_or_default();
-    js.publish_with_headers(subjects::task(kind, &t.job), headers, body.into())
-        .await
-        .map_err(|e| Error::js("publish task", e))
+    crate::dispatch::publish(&w.js, &crate::dispatch::work_tasks(id, spec, p)?, None).await
 }

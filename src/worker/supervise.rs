@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::task::{ChildLine, EXIT_PERMANENT};
 
-/// How often a running child's message is acked as in progress; well under
-/// the shortest ack_wait (30 s).
-const PROGRESS_ACK_EVERY: Duration = Duration::from_secs(10);
+use crate::streams::PROGRESS_ACK_EVERY;
+
+/// Bytes of a child's stderr kept for its failure reason.
+const STDERR_KEEP: usize = 64 * 1024;
 
 /// Limits on one child.
 #[derive(Debug, Clone, Copy)]
@@ -121,9 +122,22 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
         return transient("media child has no pipes".into());
     };
     // Keep the tail of stderr for the failure reason.
+    // Keep only the last STDERR_KEEP bytes: a chatty or looping child must
+    // not grow the worker's memory without bound.
     let stderr_tail = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf).await;
+        let mut buf = Vec::with_capacity(STDERR_KEEP);
+        let mut chunk = [0u8; 8192];
+        loop {
+            match stderr.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > STDERR_KEEP {
+                        buf.drain(..buf.len() - STDERR_KEEP);
+                    }
+                }
+            }
+        }
         let text = String::from_utf8_lossy(&buf);
         text.lines()
             .rev()

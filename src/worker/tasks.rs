@@ -1,8 +1,10 @@
 //! One task, start to finish: skip if checkpointed, run the child, place
-//! the output durably, checkpoint, ack; then maybe publish the stitch.
+//! the output durably, checkpoint, ack; then the completion step.
 //!
 //! Order is the invariant: output durable -> checkpoint `create` -> ack. A
-//! crash anywhere redoes the task into the same key or skips it.
+//! crash anywhere redoes the task into the same key or skips it; the
+//! completion step after a checkpoint runs again on every redelivery, so a
+//! checkpointed job always moves on.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,39 +13,58 @@ use async_nats::jetstream::{self, AckKind};
 
 use super::supervise::{self, ChildSpec, Limits, Outcome};
 use super::Worker;
-use crate::error::{Error, ErrorKind, Result};
+use crate::dispatch;
+use crate::error::{ErrorKind, Result};
+use crate::lifecycle::{self, End};
 use crate::metrics as m;
-use crate::record::{now, EventKind, JobState, TaskDone};
+use crate::record::{now, EventKind, JobRecord, JobState, TaskDone};
 use crate::subjects::{self, TaskKind};
-use crate::task::{AudioWork, SegmentWork, StitchWork, Task, TaskBody, STITCH_TASK_ID};
+use crate::task::{
+    AudioWork, SegmentWork, StitchWork, Task, TaskBody, TaskDecodeError, STITCH_TASK_ID,
+};
 
 /// What to do with the message after the task ran.
 enum Verdict {
     Ack,
-    /// Retry later (transient failure).
+    /// Retry later (transient failure), with backoff.
     Retry(String),
+    /// This worker cannot run it (a source or output outside its roots, a
+    /// missing mount): let another worker take it soon.
+    NotForMe(String),
     /// Never retry; fail the job with this reason.
     Fail(String),
     /// Handed back: another worker should take it now.
     HandBack,
 }
 
+/// How often a running task re-reads its job's record, so a worker that
+/// missed the cancel message (disconnected) still stops a dead job's work.
+const JOB_RECHECK_EVERY: Duration = Duration::from_secs(15);
+
 pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     if delivered > 1 {
         metrics::counter!(m::REDELIVERIES).increment(1);
     }
-    let task: Task = match serde_json::from_slice(&msg.payload) {
+    let task = match Task::decode(&msg.payload) {
         Ok(t) => t,
-        Err(e) => {
+        Err(TaskDecodeError::Newer(v)) => {
+            // Rolling upgrade: a newer worker published it; leave it to one.
+            tracing::warn!(subject = %msg.subject, version = v, "task from a newer jetcode; handing it back");
+            let _ = msg.ack_with(AckKind::Nak(Some(NEWER_TASK_DELAY))).await;
+            return;
+        }
+        Err(TaskDecodeError::Unreadable(e)) => {
             // The job id is the last subject token: fail it, or it would
             // wait for this task forever.
             let reason = format!("unreadable task on {}: {e}", msg.subject);
-            tracing::error!("{reason}; terminating it");
-            if let Some(job) = subjects::job_of_task_subject(msg.subject.as_str()) {
-                fail_job_or_log(w, job, &reason).await;
+            tracing::error!("{reason}");
+            match subjects::job_of_task_subject(msg.subject.as_str()) {
+                Some(job) => fail_then_term(w, &msg, job, &reason, delivered).await,
+                None => {
+                    let _ = msg.ack_with(AckKind::Term).await;
+                }
             }
-            let _ = msg.ack_with(AckKind::Term).await;
             return;
         }
     };
@@ -51,10 +72,12 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
     let token = w.job_token(&task.job);
     let verdict = match run_task(w, &msg, &task, token.clone()).await {
         Ok(v) => v,
-        Err(e) if e.kind() == ErrorKind::Storage => Verdict::Fail(e.to_string()),
         Err(e) => Verdict::Retry(e.to_string()),
     };
     w.release_job(&task.job);
+    if !matches!(verdict, Verdict::NotForMe(_)) {
+        w.local_failures.store(0, Ordering::Relaxed);
+    }
     let outcome = match verdict {
         Verdict::Ack => {
             let _ = msg.double_ack().await;
@@ -64,13 +87,23 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
             hand_back(&w.js, &msg).await;
             "handed_back"
         }
+        Verdict::NotForMe(reason) => {
+            let n = w.local_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(job = %task.job, task = %task.id, "cannot run here, leaving it to another worker: {reason}");
+            if n == super::LOCAL_FAILURES_UNREADY {
+                tracing::error!("{n} tasks in a row could not run on this worker (check --file-root and mounts); /readyz reports not ready");
+            }
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(jitter(NOT_FOR_ME_DELAY))))
+                .await;
+            "not_for_me"
+        }
         Verdict::Retry(reason) if delivered < crate::streams::TASK_MAX_DELIVER => {
-            tracing::warn!(job = %task.job, task = %task.id, delivered, "retrying: {reason}");
-            let delay = Duration::from_secs(1u64 << delivered.clamp(0, 5) as u64);
+            let delay = retry_delay(delivered);
+            tracing::warn!(job = %task.job, task = %task.id, delivered, ?delay, "retrying: {reason}");
             let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-            let _ = w
-                .ledger
-                .event(
+            w.ledger
+                .event_best_effort(
                     &task.job,
                     EventKind::Retried {
                         task: task.id.clone(),
@@ -86,19 +119,69 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
                 "task {} gave up after {delivered} attempts: {reason}",
                 task.id
             );
-            fail_job_or_log(w, &task.job, &reason).await;
-            let _ = msg.ack_with(AckKind::Term).await;
+            fail_then_term(w, &msg, &task.job, &reason, delivered).await;
             "failed"
         }
         Verdict::Fail(reason) => {
             let reason = format!("task {}: {reason}", task.id);
-            fail_job_or_log(w, &task.job, &reason).await;
-            let _ = msg.ack_with(AckKind::Term).await;
+            fail_then_term(w, &msg, &task.job, &reason, delivered).await;
             "failed"
         }
     };
     metrics::counter!(m::TASKS_TOTAL, m::LABEL_KIND => kind.as_str(), m::LABEL_OUTCOME => outcome)
         .increment(1);
+}
+
+/// A task from a newer worker waits this long before it is offered again.
+const NEWER_TASK_DELAY: Duration = Duration::from_secs(30);
+/// A task this worker cannot run is offered to others after about this long.
+const NOT_FOR_ME_DELAY: Duration = Duration::from_secs(5);
+
+/// Backoff before retry `delivered + 1`: 10 s doubling to at most 5 min,
+/// with ±25 % jitter, so with max_deliver 5 a task rides out about two and
+/// a half minutes of trouble (a restarting server, a full disk being
+/// cleaned) and a fleet's retries do not arrive in lockstep.
+pub(super) fn retry_delay(delivered: i64) -> Duration {
+    let exp = delivered.clamp(1, 6) as u32 - 1;
+    jitter((Duration::from_secs(10) * 2u32.pow(exp)).min(Duration::from_secs(300)))
+}
+
+/// `d` scaled by a factor in [0.75, 1.25).
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    d.mul_f64(0.75 + (nanos % 1000) as f64 / 2000.0)
+}
+
+/// Fail the job, and only once that is recorded terminate the message.
+/// The server drops a terminated message from the work queue before its
+/// advisory is handled, so terminating an unrecorded failure would leave
+/// the job running with no task left. Otherwise nak: the next delivery (or
+/// the MAX_DELIVERIES advisory) records it.
+async fn fail_then_term(
+    w: &Worker,
+    msg: &jetstream::Message,
+    job: &str,
+    reason: &str,
+    delivered: i64,
+) {
+    match lifecycle::end(&w.ledger, job, End::Failed(reason.to_string())).await {
+        Ok(_) => {
+            tracing::error!(job, "job failed: {reason}");
+            let _ = msg.ack_with(AckKind::Term).await;
+        }
+        Err(e) => {
+            tracing::warn!(
+                job,
+                "could not record the failure yet ({e}); will retry: {reason}"
+            );
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
+                .await;
+        }
+    }
 }
 
 /// Give a task to another worker now, without spending one of its
@@ -151,44 +234,6 @@ pub(super) async fn hand_back(js: &jetstream::Context, msg: &jetstream::Message)
 /// Bound on each NATS step of a hand-back (it runs on the way out).
 const HAND_BACK_OP_BOUND: Duration = Duration::from_secs(2);
 
-/// [`fail_job`] where the caller has no way to retry (the message is
-/// terminated anyway; its advisory reaches the dead-letter role, which does).
-async fn fail_job_or_log(w: &Worker, job: &str, reason: &str) {
-    if let Err(e) = fail_job(w, job, reason).await {
-        tracing::warn!(job, "could not record the failure: {e}");
-    }
-}
-
-/// Mark the job failed (if it is still running) and announce it.
-pub(super) async fn fail_job(w: &Worker, job: &str, reason: &str) -> Result<()> {
-    tracing::error!(job, "job failed: {reason}");
-    let mut changed = false;
-    let res = w
-        .ledger
-        .update_record(job, |r| {
-            changed = r.state == JobState::Running;
-            if changed {
-                r.state = JobState::Failed;
-                r.error = Some(reason.to_string());
-                r.finished_at = Some(now());
-            }
-            changed
-        })
-        .await;
-    res?;
-    if changed {
-        w.ledger
-            .event(
-                job,
-                EventKind::Failed {
-                    reason: reason.to_string(),
-                },
-            )
-            .await?;
-    }
-    Ok(())
-}
-
 async fn run_task(
     w: &Worker,
     msg: &jetstream::Message,
@@ -196,22 +241,27 @@ async fn run_task(
     token: tokio_util::sync::CancellationToken,
 ) -> Result<Verdict> {
     let Some((rec, _)) = w.ledger.record(&task.job).await? else {
-        return Ok(Verdict::Fail("job has no record".into()));
+        tracing::warn!(job = %task.job, task = %task.id, "task of a job without a record: dropping it");
+        return Ok(Verdict::Ack);
     };
     if rec.state.is_terminal() {
-        // Cancelled or failed: drop its remaining work.
-        return Ok(Verdict::Ack);
-    }
-    if w.ledger.is_done(&task.job, &task.id).await? {
-        // Already checkpointed (a redelivery after a crash before the ack):
-        // nothing to redo, but make sure completion was not lost.
-        if task.kind() != TaskKind::Stitch {
-            maybe_publish_stitch(w, task).await?;
+        // Ended: drop its remaining work. A stitch redelivered after the
+        // job was recorded done re-announces the end (the announcement may
+        // be what failed last time; it is idempotent).
+        if rec.state == JobState::Done && task.kind() == TaskKind::Stitch {
+            lifecycle::announce(&w.ledger, &rec).await?;
         }
         return Ok(Verdict::Ack);
     }
+    if w.ledger.is_done(&task.job, &task.id).await? {
+        // Already checkpointed (a redelivery after a crash before the ack,
+        // or a late duplicate): nothing to redo, but the completion step
+        // after it may never have run.
+        after_checkpoint(w, &rec, task).await?;
+        return Ok(Verdict::Ack);
+    }
     w.ledger
-        .event(
+        .event_best_effort(
             &task.job,
             EventKind::TaskStarted {
                 task: task.id.clone(),
@@ -219,55 +269,72 @@ async fn run_task(
                 attempt: msg.info().map(|i| i.delivered as u64).unwrap_or(1),
             },
         )
-        .await?;
-    let out_dir = w.roots.output_dir(&task.output)?;
-    // The child writes its output atomically (temp file, fsync, rename) to
-    // the deterministic key, so a crash never leaves a partial part there.
-    let (kind, work, seconds): (&str, String, f64) = match &task.body {
-        TaskBody::Segment {
-            rendition,
-            segment,
-            fps_num,
-            fps_den,
-            pts_offset_ns,
-        } => {
-            let work = SegmentWork {
-                input: w.roots.source_path(&task.source)?,
-                output: out_dir.join(subjects::part_key(&rendition.name, segment.index)),
-                rendition: rendition.clone(),
-                segment: *segment,
-                fps_num: *fps_num,
-                fps_den: *fps_den,
-                pts_offset_ns: *pts_offset_ns,
-            };
-            ("segment", json(&work), segment.duration_ns() as f64 / 1e9)
-        }
-        TaskBody::Audio => {
-            let work = AudioWork {
-                input: w.roots.source_path(&task.source)?,
-                output: out_dir.join(subjects::AUDIO_PART_KEY),
-            };
-            let secs = rec
-                .plan
-                .as_ref()
-                .map_or(60.0, |p| p.audio_duration_ns as f64 / 1e9);
-            ("audio", json(&work), secs)
-        }
-        TaskBody::Stitch {
-            plan,
-            renditions,
-            formats,
-        } => {
-            let work = StitchWork {
-                output_dir: out_dir.clone(),
-                plan: plan.clone(),
-                renditions: renditions.clone(),
-                formats: formats.clone(),
-            };
-            let secs = plan.segments.last().map_or(0.0, |s| s.end_ns as f64 / 1e9);
-            ("stitch", json(&work), secs)
-        }
+        .await;
+    let out_dir = match w.roots.output_dir(&task.output) {
+        Ok(d) => d,
+        Err(e) => return Ok(Verdict::NotForMe(e.to_string())),
     };
+    let input = match &task.body {
+        TaskBody::Stitch { .. } => None,
+        _ => match w.roots.source_path(&task.source) {
+            Ok(p) => Some(p),
+            Err(e) => return Ok(Verdict::NotForMe(e.to_string())),
+        },
+    };
+    // The child writes its output atomically (temp file, fsync, link) to
+    // the deterministic key; the first complete copy stays there.
+    let (kind, work, seconds, part): (&str, String, f64, Option<std::path::PathBuf>) =
+        match &task.body {
+            TaskBody::Segment {
+                rendition,
+                segment,
+                fps_num,
+                fps_den,
+                pts_offset_ns,
+            } => {
+                let output = out_dir.join(subjects::part_key(&rendition.name, segment.index));
+                let work = SegmentWork {
+                    input: input.clone().unwrap_or_default(),
+                    output: output.clone(),
+                    rendition: rendition.clone(),
+                    segment: *segment,
+                    fps_num: *fps_num,
+                    fps_den: *fps_den,
+                    pts_offset_ns: *pts_offset_ns,
+                };
+                let secs = segment.duration_ns() as f64 / 1e9;
+                ("segment", json(&work), secs, Some(output))
+            }
+            TaskBody::Audio => {
+                let output = out_dir.join(subjects::AUDIO_PART_KEY);
+                let work = AudioWork {
+                    input: input.clone().unwrap_or_default(),
+                    output: output.clone(),
+                };
+                let secs = rec
+                    .plan
+                    .as_ref()
+                    .map_or(60.0, |p| p.audio_duration_ns as f64 / 1e9);
+                ("audio", json(&work), secs, Some(output))
+            }
+            TaskBody::Stitch {
+                plan,
+                renditions,
+                formats,
+            } => {
+                if let Err(reason) = verify_parts(w, &rec, &out_dir).await? {
+                    return Ok(Verdict::Fail(reason));
+                }
+                let work = StitchWork {
+                    output_dir: out_dir.clone(),
+                    plan: plan.clone(),
+                    renditions: renditions.clone(),
+                    formats: formats.clone(),
+                };
+                let secs = plan.segments.last().map_or(0.0, |s| s.end_ns as f64 / 1e9);
+                ("stitch", json(&work), secs, None)
+            }
+        };
     let limits = Limits {
         stall: w.args.stall(),
         total: Duration::from_secs_f64((seconds * w.args.task_timeout_factor).max(300.0)),
@@ -278,15 +345,23 @@ async fn run_task(
         frames_counter.fetch_add(n, Ordering::Relaxed);
         metrics::counter!(m::FRAMES_ENCODED).increment(n);
     };
+    // A worker that missed the cancel message still stops a dead job.
+    let stop = token.child_token();
+    let recheck = tokio::spawn(stop_when_job_ends(
+        w.ledger.clone(),
+        task.job.clone(),
+        stop.clone(),
+    ));
     let outcome = supervise::run(ChildSpec {
         kind,
         work,
         limits,
         msg: Some(msg),
-        stop: token.clone(),
+        stop: stop.clone(),
         on_frames: &on_frames,
     })
     .await;
+    recheck.abort();
     let (frames, secs) = match outcome {
         Outcome::Done {
             frames, seconds, ..
@@ -299,7 +374,7 @@ async fn run_task(
             });
         }
         Outcome::Stopped => {
-            // Job cancelled: drop the task. Worker aborting: hand it back.
+            // Job ended: drop the task. Worker aborting: hand it back.
             return Ok(if w.abort.is_cancelled() {
                 Verdict::HandBack
             } else {
@@ -308,11 +383,20 @@ async fn run_task(
         }
     };
     metrics::histogram!(m::TASK_SECONDS, m::LABEL_KIND => kind).record(secs);
+    let (bytes, sha256) = match &part {
+        Some(p) => {
+            let (size, digest) = crate::store::digest_file(p)?;
+            (Some(size), Some(digest))
+        }
+        None => (None, None),
+    };
     let done = TaskDone {
         worker: w.id.clone(),
         seconds: secs,
         frames,
         at: now(),
+        bytes,
+        sha256,
     };
     let first = w.ledger.checkpoint(&task.job, &task.id, &done).await?;
     if !first {
@@ -320,7 +404,7 @@ async fn run_task(
     }
     w.tasks_done.fetch_add(1, Ordering::Relaxed);
     w.ledger
-        .event(
+        .event_best_effort(
             &task.job,
             EventKind::TaskDone {
                 task: task.id.clone(),
@@ -334,30 +418,99 @@ async fn run_task(
                 frames,
             },
         )
-        .await?;
-    match task.kind() {
-        TaskKind::Stitch => finish_job(w, task, &out_dir, secs).await?,
-        _ => maybe_publish_stitch(w, task).await?,
-    }
+        .await;
+    after_checkpoint(w, &rec, task).await?;
     Ok(Verdict::Ack)
+}
+
+/// Cancel `stop` once the job's record is terminal.
+async fn stop_when_job_ends(
+    ledger: crate::ledger::Ledger,
+    job: String,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::time::sleep(JOB_RECHECK_EVERY).await;
+        if let Ok(Some((rec, _))) = ledger.record(&job).await {
+            if rec.state.is_terminal() {
+                tracing::info!(job, "job ended elsewhere: stopping its task here");
+                stop.cancel();
+                return;
+            }
+        }
+    }
+}
+
+/// Every part still is what its checkpoint recorded. A part replaced after
+/// its checkpoint (by hand, or a bug) must not be stitched silently.
+/// `Ok(Err(reason))`: a part is missing or changed.
+async fn verify_parts(
+    w: &Worker,
+    rec: &JobRecord,
+    out_dir: &std::path::Path,
+) -> Result<std::result::Result<(), String>> {
+    let (spec, plan) = dispatch::planned(rec)?;
+    for t in dispatch::work_tasks(&rec.id, spec, plan)? {
+        let path = match &t.body {
+            TaskBody::Segment {
+                rendition, segment, ..
+            } => out_dir.join(subjects::part_key(&rendition.name, segment.index)),
+            TaskBody::Audio => out_dir.join(subjects::AUDIO_PART_KEY),
+            TaskBody::Stitch { .. } => continue,
+        };
+        let Some(done) = w.ledger.checkpoint_of(&rec.id, &t.id).await? else {
+            return Ok(Err(format!("task {} has no checkpoint", t.id)));
+        };
+        let Some(want) = done.sha256 else {
+            continue; // checkpointed by an older worker
+        };
+        let digest = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || crate::store::digest_file(&path)
+        })
+        .await
+        .map_err(|e| crate::error::Error::new(ErrorKind::Storage, e.to_string()))?;
+        match digest {
+            Ok((_, got)) if got == want => {}
+            Ok((_, got)) => {
+                return Ok(Err(format!(
+                    "part {} changed after its checkpoint (sha256 {got}, checkpointed {want})",
+                    path.display()
+                )))
+            }
+            Err(e) => return Ok(Err(format!("part of {} unreadable: {e}", t.id))),
+        }
+    }
+    Ok(Ok(()))
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// Whoever sees every segment/audio checkpoint publishes the stitch; its
-/// Msg-Id makes concurrent publishers produce one message.
-async fn maybe_publish_stitch(w: &Worker, task: &Task) -> Result<()> {
-    let Some((rec, _)) = w.ledger.record(&task.job).await? else {
-        return Ok(());
-    };
-    if rec.state != JobState::Running {
+/// The completion step after a task's checkpoint exists. Safe to repeat:
+/// a part whose siblings are all done queues the stitch (its Msg-Id makes
+/// one message of concurrent calls); a checkpointed stitch ends the job
+/// done (a compare-and-set, then an idempotent announcement).
+pub(super) async fn after_checkpoint(w: &Worker, rec: &JobRecord, task: &Task) -> Result<()> {
+    if task.kind() == TaskKind::Stitch {
+        if let Ok(dir) = w.roots.output_dir(&task.output) {
+            remove_partials(&dir.join("parts"));
+        }
+        let rec = lifecycle::end(&w.ledger, &task.job, End::Done).await?;
+        if rec.state == JobState::Done {
+            tracing::info!(job = %task.job, seconds = rec.finished_at.unwrap_or_else(now) - rec.created_at, "job done");
+        }
         return Ok(());
     }
+    publish_stitch_if_complete(w, rec).await
+}
+
+/// Whoever sees every segment/audio checkpoint queues the stitch.
+async fn publish_stitch_if_complete(w: &Worker, rec: &JobRecord) -> Result<()> {
     let done = w
         .ledger
-        .done_tasks(&task.job)
+        .done_tasks(&rec.id)
         .await?
         .into_iter()
         .filter(|t| t != STITCH_TASK_ID)
@@ -365,62 +518,11 @@ async fn maybe_publish_stitch(w: &Worker, task: &Task) -> Result<()> {
     if done < rec.tasks_total as usize {
         return Ok(());
     }
-    let (Some(spec), Some(plan)) = (rec.spec, rec.plan) else {
-        return Ok(());
-    };
-    let stitch = Task {
-        job: task.job.clone(),
-        id: STITCH_TASK_ID.into(),
-        source: task.source.clone(),
-        output: task.output.clone(),
-        body: TaskBody::Stitch {
-            plan,
-            renditions: spec.resolved_renditions()?,
-            formats: spec.formats.clone(),
-        },
-    };
-    super::planner::publish_task(&w.js, &stitch)
-        .await?
-        .await
-        .map_err(|e| Error::js("publish stitch", e))?;
-    tracing::info!(job = %task.job, "all parts done: stitch queued");
-    Ok(())
-}
-
-/// Stitch succeeded: the job is done.
-async fn finish_job(
-    w: &Worker,
-    task: &Task,
-    out_dir: &std::path::Path,
-    stitch_secs: f64,
-) -> Result<()> {
-    let mut changed = false;
-    let rec = w
-        .ledger
-        .update_record(&task.job, |r| {
-            changed = r.state == JobState::Running;
-            if changed {
-                r.state = JobState::Done;
-                r.finished_at = Some(now());
-            }
-            changed
-        })
-        .await?;
-    remove_partials(&out_dir.join("parts"));
-    if changed {
-        let total = rec.finished_at.unwrap_or_else(now) - rec.created_at;
-        w.ledger
-            .event(
-                &task.job,
-                EventKind::Done {
-                    output: task.output.clone(),
-                    manifest: subjects::MANIFEST_KEY.into(),
-                    seconds: total.max(stitch_secs),
-                },
-            )
-            .await?;
-        tracing::info!(job = %task.job, seconds = total, "job done");
-    }
+    let (spec, plan) = dispatch::planned(rec)?;
+    let stitch = dispatch::stitch_task(&rec.id, spec, plan)?;
+    let tag = dispatch::generation_tag(rec.generation);
+    dispatch::publish(&w.js, &[stitch], tag.as_deref()).await?;
+    tracing::info!(job = %rec.id, "all parts done: stitch queued");
     Ok(())
 }
 

@@ -1,0 +1,143 @@
+//! A job's tasks, derived from its record, and publishing them. The planner
+//! queues them first, `retry` queues the unfinished ones again, the
+//! reconciler queues what vanished: all three build the same tasks here.
+
+use async_nats::jetstream;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::job::JobSpec;
+use crate::plan::Plan;
+use crate::record::JobRecord;
+use crate::subjects;
+use crate::task::{Task, TaskBody, AUDIO_TASK_ID, STITCH_TASK_ID, TASK_VERSION};
+
+/// The segment and audio tasks of a planned job, audio first (it is one
+/// long task: queued last it would be the tail of the critical path), then
+/// segments in time order with renditions interleaved, so the first minutes
+/// of every rendition are ready first.
+pub fn work_tasks(id: &str, spec: &JobSpec, plan: &Plan) -> Result<Vec<Task>> {
+    let renditions = spec.resolved_renditions()?;
+    let mut tasks = Vec::with_capacity(plan.segments.len() * renditions.len() + 1);
+    let task = |tid: String, body: TaskBody| Task {
+        v: TASK_VERSION,
+        job: id.to_string(),
+        id: tid,
+        source: spec.source.clone(),
+        output: spec.output.clone(),
+        body,
+    };
+    if plan.has_audio {
+        tasks.push(task(AUDIO_TASK_ID.into(), TaskBody::Audio));
+    }
+    for s in &plan.segments {
+        for r in &renditions {
+            tasks.push(task(
+                Task::segment_id(&r.name, s.index),
+                TaskBody::Segment {
+                    rendition: r.clone(),
+                    segment: *s,
+                    fps_num: plan.fps_num,
+                    fps_den: plan.fps_den,
+                    pts_offset_ns: plan.pts_offset_ns,
+                },
+            ));
+        }
+    }
+    Ok(tasks)
+}
+
+/// The stitch task of a planned job.
+pub fn stitch_task(id: &str, spec: &JobSpec, plan: &Plan) -> Result<Task> {
+    Ok(Task {
+        v: TASK_VERSION,
+        job: id.to_string(),
+        id: STITCH_TASK_ID.into(),
+        source: spec.source.clone(),
+        output: spec.output.clone(),
+        body: TaskBody::Stitch {
+            plan: plan.clone(),
+            renditions: spec.resolved_renditions()?,
+            formats: spec.formats.clone(),
+        },
+    })
+}
+
+/// Spec and plan of a record, or why it has none.
+pub fn planned(rec: &JobRecord) -> Result<(&JobSpec, &Plan)> {
+    match (&rec.spec, &rec.plan) {
+        (Some(s), Some(p)) => Ok((s, p)),
+        _ => Err(Error::new(
+            ErrorKind::InvalidSpec,
+            format!("job {} has no plan to run", rec.id),
+        )),
+    }
+}
+
+/// Msg-Id tag of copies queued in a generation after the first (`retry`).
+pub fn generation_tag(generation: u32) -> Option<String> {
+    (generation > 0).then(|| format!("g{generation}"))
+}
+
+/// Publish tasks with their Msg-Ids (`tag` distinguishes later copies) and
+/// wait until the stream stored every one.
+pub async fn publish(js: &jetstream::Context, tasks: &[Task], tag: Option<&str>) -> Result<()> {
+    let mut acks = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            subjects::task_msg_id(&t.job, &t.id, tag).as_str(),
+        );
+        let body = serde_json::to_vec(t).unwrap_or_default();
+        acks.push(
+            js.publish_with_headers(subjects::task(t.kind(), &t.job), headers, body.into())
+                .await
+                .map_err(|e| Error::js("publish task", e))?,
+        );
+    }
+    for a in acks {
+        a.await.map_err(|e| Error::js("publish task", e))?;
+    }
+    Ok(())
+}
+
+/// Queued (or in-flight: a work queue keeps a message until it is acked)
+/// task messages of one job, by task kind: (work, stitch).
+pub async fn queued(js: &jetstream::Context, job: &str) -> Result<(u64, u64)> {
+    use futures::StreamExt;
+    let stream = js
+        .get_stream_no_info(subjects::TASKS_STREAM)
+        .await
+        .map_err(|e| Error::js("open task stream", e))?;
+    let mut subjects_info = stream
+        .info_with_subjects(subjects::tasks_of_job(job))
+        .await
+        .map_err(|e| Error::js("count queued tasks", e))?;
+    let (mut work, mut stitch) = (0, 0);
+    let stitch_subject = subjects::task(subjects::TaskKind::Stitch, job);
+    while let Some(s) = subjects_info.next().await {
+        let (subject, count) = s.map_err(|e| Error::js("count queued tasks", e))?;
+        if subject == stitch_subject {
+            stitch += count as u64;
+        } else {
+            work += count as u64;
+        }
+    }
+    Ok((work, stitch))
+}
+
+/// Remove a job's queued tasks (it ended: they would only be fetched to be
+/// dropped). In-flight copies go too; their workers learn from the cancel
+/// message or the record.
+pub async fn purge(js: &jetstream::Context, job: &str) -> Result<()> {
+    let stream = js
+        .get_stream_no_info(subjects::TASKS_STREAM)
+        .await
+        .map_err(|e| Error::js("open task stream", e))?;
+    stream
+        .purge()
+        .filter(subjects::tasks_of_job(job))
+        .await
+        .map_err(|e| Error::js("purge queued tasks", e))?;
+    Ok(())
+}
