@@ -82,6 +82,14 @@ impl NatsServer {
         let _ = self.child.wait();
     }
 
+    /// Start again after [`NatsServer::kill`], on the same port and store.
+    pub fn restart_same(mut self) -> Self {
+        let port = self.port;
+        let store = std::mem::replace(&mut self.store, tempfile::tempdir().expect("tempdir"));
+        std::mem::forget(self);
+        Self::launch(store, Some(port), true, &[])
+    }
+
     /// Stop and start again on the same port and store (a server restart).
     pub fn restart(mut self) -> Self {
         let _ = self.child.kill();
