@@ -73,7 +73,16 @@ impl ConnectOptions {
         if self.tls_required {
             o = o.require_tls(true);
         }
-        let client = o.connect(self.url.as_str()).await.map_err(|e| {
+        // `nats://a:4222,nats://b:4222`: a seed list, as every NATS client
+        // accepts; the client tries them in turn, so one dead seed does not
+        // stop a worker from starting.
+        let seeds: Vec<&str> = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let client = o.connect(seeds).await.map_err(|e| {
             Error::new(
                 ErrorKind::Connect,
                 format!("cannot connect to NATS at {}: {e}", redact_urls(&self.url)),

@@ -217,3 +217,18 @@ async fn auth_options_reach_the_server() {
     let err = opts.connect().await.unwrap_err();
     assert!(err.to_string().contains("creds"), "{err}");
 }
+
+#[tokio::test]
+async fn comma_separated_seed_list_connects_past_a_dead_seed() {
+    let server = NatsServer::start();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("nats://127.0.0.1:{dead}, {}", server.url());
+    let nc = jetcode::ConnectOptions::new(url)
+        .connect()
+        .await
+        .expect("second seed is up");
+    assert!(nc.server_info().jetstream);
+}

@@ -204,8 +204,22 @@ async fn killed_worker_task_is_redelivered_and_job_completes() {
     f.client.submit(&spec).await.unwrap();
     let victim_task = f.first_segment_started("kill9").await;
     a.signal(libc::SIGKILL);
+    let killed_at = std::time::Instant::now();
     a.wait_exit(Duration::from_secs(10));
     let _b = f.worker("rescuer", &[]);
+    // Prompt detection: redelivered within ack_wait (10 s, the worker
+    // progress-acks every 3 s) + 2 s of the kill.
+    let t = victim_task.clone();
+    f.wait_event("kill9", "victim task restarted", move |k| {
+        matches!(k, EventKind::TaskStarted { task, worker, .. } if *task == t && worker == "rescuer")
+    })
+    .await;
+    let redelivered_after = killed_at.elapsed();
+    eprintln!("kill -9 -> redelivery: {redelivered_after:?}");
+    assert!(
+        redelivered_after <= jetcode::streams::TASK_ACK_WAIT + Duration::from_secs(2),
+        "redelivered {redelivered_after:?} after the kill"
+    );
     let rec = f
         .client
         .wait("kill9", Some(Duration::from_secs(240)))

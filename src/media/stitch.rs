@@ -157,7 +157,7 @@ pub fn stitch(
 }
 
 fn scratch_dir(dir: &Path) -> PathBuf {
-    dir.join(format!(".stitch-{}", std::process::id()))
+    dir.join(format!(".stitch-{}", super::util::unique_tag()))
 }
 
 /// The audio media playlist: byte ranges of the one audio file, cut near

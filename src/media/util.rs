@@ -217,9 +217,23 @@ pub(crate) fn stream_time(seg: &gst::Segment, pts: gst::ClockTime) -> Option<u64
         .map(|t| t.nseconds())
 }
 
+/// A tag no other process uses, the same for this whole process (a media
+/// child runs one task): two containers writing to shared storage can
+/// have children with the same pid.
+pub(crate) fn unique_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        format!(
+            "{}-{}",
+            std::process::id(),
+            ulid::Ulid::new().to_string().to_lowercase()
+        )
+    })
+}
+
 /// A temporary sibling of `path` for atomic writes.
 pub(crate) fn tmp_path(path: &Path) -> PathBuf {
-    crate::store::partial_path(path, &std::process::id().to_string())
+    crate::store::partial_path(path, unique_tag())
 }
 
 /// Create the parent directory of `path`.

@@ -65,9 +65,10 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub no_planner: bool,
     /// Seconds between reconciler sweeps (one worker of the fleet holds the
-    /// reconciler lease and sweeps); a stranded job moves again within
-    /// about twice this plus 20 s. 0: never take the lease.
-    #[arg(long, env = "JETCODE_RECONCILE_INTERVAL", default_value_t = 15.0)]
+    /// reconciler lease and sweeps; at most 10, a third of the lease's
+    /// life); a stranded job moves again within about twice this plus 20 s.
+    /// 0: never take the lease.
+    #[arg(long, env = "JETCODE_RECONCILE_INTERVAL", default_value_t = 10.0)]
     pub reconcile_interval: f64,
     /// Apply streams/buckets at start (idempotent) instead of requiring them.
     #[arg(long)]
@@ -132,6 +133,11 @@ impl Worker {
         let entry = map
             .entry(job.to_string())
             .or_insert_with(|| (self.abort.child_token(), 0));
+        if entry.0.is_cancelled() {
+            // Cancelled, then retried while an old task was still winding
+            // down: the new generation's task gets a live token.
+            entry.0 = self.abort.child_token();
+        }
         entry.1 += 1;
         entry.0.clone()
     }
@@ -411,6 +417,9 @@ async fn pull_loop(
         };
         backoff = Duration::from_millis(250);
         let mut batch = Batch::new(batch);
+        // Messages we will not run, handed back together (in parallel,
+        // each step bounded) once the batch is read.
+        let mut give_back = Vec::new();
         loop {
             let msg = match batch.next(&w.shutdown).await {
                 Some(Ok(m)) => m,
@@ -421,11 +430,11 @@ async fn pull_loop(
                 }
             };
             if w.shutdown.is_cancelled() {
-                tasks::hand_back(&w.js, &msg).await;
+                give_back.push(msg);
                 continue;
             }
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tasks::hand_back(&w.js, &msg).await;
+                give_back.push(msg);
                 continue;
             };
             let w = w.clone();
@@ -440,6 +449,7 @@ async fn pull_loop(
                 drop(permit);
             });
         }
+        futures::future::join_all(give_back.iter().map(|m| tasks::hand_back(&w.js, m))).await;
     }
 }
 

@@ -2,8 +2,10 @@
 //! and moves them. Tasks can vanish (a stream restored from an old
 //! snapshot, acknowledged writes lost on power failure under lazy fsync),
 //! a stitch can be lost between its last checkpoint and its publish, a
-//! MAX_DELIVERIES advisory is a core message sent once. Without this role
-//! any of those leaves a job `running` forever.
+//! job can be left running by a crash after its stitch's checkpoint.
+//! Without this role any of those leaves a job `running` forever. (Not
+//! covered yet: a task that spent its deliveries stays in the queue and
+//! counts as queued, so a lost MAX_DELIVERIES advisory still strands it.)
 //!
 //! One worker in the fleet runs it at a time: it holds a lease in
 //! `jetcode-leases`, a key created once and renewed by compare-and-set;
@@ -55,6 +57,8 @@ enum Repair {
 }
 
 pub(super) async fn reconcile_loop(w: Arc<Worker>, interval: Duration, stop: CancellationToken) {
+    // Renewals must come well inside the lease's lifetime.
+    let interval = interval.min(crate::streams::LEASE_TTL / 3);
     let mut lease = Lease::new(w.id.clone());
     let mut suspects: HashMap<String, Repair> = HashMap::new();
     loop {
@@ -121,6 +125,15 @@ impl Lease {
                 .create(subjects::RECONCILER_LEASE, body)
                 .await
                 .map_err(|e| e.to_string()),
+        };
+        let result = match (result, self.revision) {
+            // Our lease expired (a long sweep, a NATS blip): take it again
+            // if nobody else did, keeping what this holder has seen.
+            (Err(_), Some(_)) => store
+                .create(subjects::RECONCILER_LEASE, self.holder.clone().into())
+                .await
+                .map_err(|e| e.to_string()),
+            (r, _) => r,
         };
         match result {
             Ok(rev) => {

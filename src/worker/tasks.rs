@@ -51,7 +51,8 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
         Err(TaskDecodeError::Newer(v)) => {
             // Rolling upgrade: a newer worker published it; leave it to one.
             tracing::warn!(subject = %msg.subject, version = v, "task from a newer jetcode; handing it back");
-            let _ = msg.ack_with(AckKind::Nak(Some(NEWER_TASK_DELAY))).await;
+            let reason = format!("task message version {v} is newer than this worker's");
+            pass_on(w, &msg, None, NEWER_TASK_DELAY, &reason).await;
             return;
         }
         Err(TaskDecodeError::Unreadable(e)) => {
@@ -70,7 +71,20 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
     };
     let kind = task.kind();
     let token = w.job_token(&task.job);
-    let verdict = match run_task(w, &msg, &task, token.clone()).await {
+    // Keep the message ours for the whole task, not only while a child
+    // runs: verifying a long job's parts or hashing a big part can take
+    // longer than ack_wait.
+    let work = run_task(w, &msg, &task, token.clone());
+    tokio::pin!(work);
+    let result = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = tokio::time::sleep(crate::streams::PROGRESS_ACK_EVERY) => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+        }
+    };
+    let verdict = match result {
         Ok(v) => v,
         Err(e) => Verdict::Retry(e.to_string()),
     };
@@ -93,9 +107,7 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
             if n == super::LOCAL_FAILURES_UNREADY {
                 tracing::error!("{n} tasks in a row could not run on this worker (check --file-root and mounts); /readyz reports not ready");
             }
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(jitter(NOT_FOR_ME_DELAY))))
-                .await;
+            pass_on(w, &msg, Some(&task.job), NOT_FOR_ME_DELAY, &reason).await;
             "not_for_me"
         }
         Verdict::Retry(reason) if delivered < crate::streams::TASK_MAX_DELIVER => {
@@ -112,6 +124,19 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
                     },
                 )
                 .await;
+            "retried"
+        }
+        Verdict::Retry(reason)
+            if matches!(
+                w.ledger.is_done(&task.job, &task.id).await,
+                Ok(true) | Err(_)
+            ) =>
+        {
+            // Checkpointed (only its completion step failed), or we cannot
+            // tell: never fail finished work. The MAX_DELIVERIES advisory
+            // (dead-letter role) or the reconciler completes it.
+            tracing::warn!(job = %task.job, task = %task.id, "completion step failed on the last delivery: {reason}");
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
             "retried"
         }
         Verdict::Retry(reason) => {
@@ -136,6 +161,52 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
 const NEWER_TASK_DELAY: Duration = Duration::from_secs(30);
 /// A task this worker cannot run is offered to others after about this long.
 const NOT_FOR_ME_DELAY: Duration = Duration::from_secs(5);
+
+/// Header counting how often a task was passed on by workers that could
+/// not run it.
+const HOPS_HEADER: &str = "Jetcode-Hops";
+/// Passes before the job fails: no worker of the fleet can run the task.
+const MAX_HOPS: u32 = 20;
+
+/// Offer a task this worker cannot run to the others without spending one
+/// of its deliveries (a nak would: five "not for me" naks would fail the
+/// job). Holds the slot for `delay` so this worker does not take it back at
+/// once, then hands it back as a fresh copy carrying a hop count; past
+/// [`MAX_HOPS`] the job fails with the reason.
+async fn pass_on(
+    w: &Worker,
+    msg: &jetstream::Message,
+    job: Option<&str>,
+    delay: Duration,
+    reason: &str,
+) {
+    let hops = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HOPS_HEADER))
+        .and_then(|v| v.as_str().parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    if hops > MAX_HOPS {
+        if let Some(job) = job {
+            let why = format!("no worker could run a task after {MAX_HOPS} tries: {reason}");
+            let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+            fail_then_term(w, msg, job, &why, delivered).await;
+            return;
+        }
+    }
+    // Hold it (progress-acked: the delay may exceed ack_wait).
+    let until = tokio::time::Instant::now() + jitter(delay);
+    while tokio::time::Instant::now() < until {
+        let step = until.min(tokio::time::Instant::now() + crate::streams::PROGRESS_ACK_EVERY);
+        tokio::select! {
+            _ = tokio::time::sleep_until(step) => {}
+            _ = w.shutdown.cancelled() => break,
+        }
+        let _ = msg.ack_with(AckKind::Progress).await;
+    }
+    hand_back_with(&w.js, msg, Some(hops)).await;
+}
 
 /// Backoff before retry `delivered + 1`: 10 s doubling to at most 5 min,
 /// with ±25 % jitter, so with max_deliver 5 a task rides out about two and
@@ -191,6 +262,11 @@ async fn fail_then_term(
 /// original is acked only once the copy is stored. A crash in between
 /// leaves both, and running a task twice is harmless (checkpoints).
 pub(super) async fn hand_back(js: &jetstream::Context, msg: &jetstream::Message) {
+    hand_back_with(js, msg, None).await
+}
+
+/// [`hand_back`], setting the hop count header when given.
+async fn hand_back_with(js: &jetstream::Context, msg: &jetstream::Message, hops: Option<u32>) {
     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let original = msg
         .headers
@@ -203,6 +279,15 @@ pub(super) async fn hand_back(js: &jetstream::Context, msg: &jetstream::Message)
         async_nats::header::NATS_MESSAGE_ID,
         subjects::handback_msg_id(&original, seq).as_str(),
     );
+    let hops = hops.or_else(|| {
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get(HOPS_HEADER))
+            .and_then(|v| v.as_str().parse().ok())
+    });
+    if let Some(h) = hops {
+        headers.insert(HOPS_HEADER, h.to_string().as_str());
+    }
     let copy = async {
         js.publish_with_headers(msg.subject.clone(), headers, msg.payload.clone())
             .await
@@ -478,7 +563,8 @@ async fn verify_parts(
                     path.display()
                 )))
             }
-            Err(e) => return Ok(Err(format!("part of {} unreadable: {e}", t.id))),
+            // A read error may be a storage blip: retry, do not fail.
+            Err(e) => return Err(e),
         }
     }
     Ok(Ok(()))
