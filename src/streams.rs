@@ -21,7 +21,14 @@ pub const PROGRESS_ACK_EVERY: Duration = Duration::from_secs(3);
 /// Time-to-live of a lease in [`LEASES_BUCKET`]: a dead reconciler's lease
 /// is free after this long.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
-/// Deliveries before a task is given up (and its job failed).
+/// Attempts a task (or a spec's planning) gets before its job fails.
+/// Enforced by the workers, not by the server: the consumers have no
+/// max_deliver, so a message is never left in a work queue undeliverable
+/// with only a one-shot MAX_DELIVERIES advisory (a core message, lost if
+/// nothing stores it at that moment) to tell about it. The delivery after
+/// the last attempt goes to a live worker, which records the failure (or
+/// completes the task if its last attempt checkpointed) and only then
+/// terminates the message.
 pub const TASK_MAX_DELIVER: i64 = 5;
 /// How long a job spec may be planned before redelivery.
 pub const PLANNER_ACK_WAIT: Duration = Duration::from_secs(60);
@@ -90,7 +97,7 @@ pub fn consumer_configs() -> Vec<(&'static str, consumer::pull::Config)> {
                 description: Some("Workers' planner role".into()),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: PLANNER_ACK_WAIT,
-                max_deliver: TASK_MAX_DELIVER,
+                max_deliver: -1,
                 filter_subject: JOBS_SUBMIT.into(),
                 ..Default::default()
             },
@@ -102,7 +109,7 @@ pub fn consumer_configs() -> Vec<(&'static str, consumer::pull::Config)> {
                 description: Some("All workers pull tasks by free slots".into()),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: TASK_ACK_WAIT,
-                max_deliver: TASK_MAX_DELIVER,
+                max_deliver: -1,
                 max_ack_pending: 10_000,
                 filter_subject: TASKS_ALL.into(),
                 ..Default::default()

@@ -607,17 +607,10 @@ async fn task_that_exhausts_its_deliveries_fails_the_job() {
         )
         .await
         .unwrap();
+    // Use up every attempt of the first task to arrive.
     let mut deliveries = 0u64;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let rec = f.client.status("doomed").await.unwrap();
-        if rec.state != JobState::Running {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "job still running after {deliveries} deliveries"
-        );
+    let mut doomed_seq = None;
+    while deliveries < jetcode::streams::TASK_MAX_DELIVER as u64 {
         let mut batch = workers
             .fetch()
             .max_messages(16)
@@ -626,10 +619,29 @@ async fn task_that_exhausts_its_deliveries_fails_the_job() {
             .await
             .unwrap();
         while let Some(Ok(m)) = batch.next().await {
-            deliveries += 1;
+            let info = m.info().unwrap();
+            if doomed_seq.is_none_or(|s| s == info.stream_sequence) {
+                doomed_seq = Some(info.stream_sequence);
+                deliveries += 1;
+            }
             m.ack_with(AckKind::Nak(None)).await.unwrap();
         }
     }
+    assert_eq!(
+        f.client.status("doomed").await.unwrap().state,
+        JobState::Running,
+        "the server gives up on nothing: the next delivery goes to a live worker"
+    );
+    // A live worker gets the next delivery, and fails the job for it.
+    let _live = f.worker("live", &[]);
+    wait_for(Duration::from_secs(60), "job failed", || async {
+        f.client
+            .status("doomed")
+            .await
+            .map(|r| r.state != JobState::Running)
+            .unwrap_or(false)
+    })
+    .await;
     let rec = f.client.status("doomed").await.unwrap();
     assert_eq!(rec.state, JobState::Failed);
     let reason = rec.error.unwrap_or_default();
@@ -645,24 +657,10 @@ async fn task_that_exhausts_its_deliveries_fails_the_job() {
     assert!(evs.iter().any(
         |e| matches!(&e.kind, EventKind::Failed { reason } if reason.contains("never finished"))
     ));
-    // Every task of the job dies the same way; each is removed from the work
-    // queue once its advisory is handled.
-    wait_for(Duration::from_secs(30), "dead tasks removed", || {
-        let workers = workers.clone();
+    // The failed job's other tasks are purged from the work queue.
+    wait_for(Duration::from_secs(30), "job's tasks removed", || {
         let js = js.clone();
         async move {
-            // Keep using up deliveries of the remaining tasks.
-            if let Ok(mut b) = workers
-                .fetch()
-                .max_messages(16)
-                .expires(Duration::from_millis(300))
-                .messages()
-                .await
-            {
-                while let Some(Ok(m)) = b.next().await {
-                    let _ = m.ack_with(AckKind::Nak(None)).await;
-                }
-            }
             match js.get_stream(jetcode::subjects::TASKS_STREAM).await {
                 Ok(mut tasks) => tasks
                     .info()
@@ -674,6 +672,7 @@ async fn task_that_exhausts_its_deliveries_fails_the_job() {
         }
     })
     .await;
+    // The terminated task's advisory is on record.
     let mut dead = js.get_stream(jetcode::subjects::DEAD_STREAM).await.unwrap();
     assert!(dead.info().await.unwrap().state.messages >= 1);
 }
@@ -1050,4 +1049,38 @@ async fn heartbeats_resume_after_a_server_restart() {
         live(server.url())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_with_the_wrong_file_root_leaves_jobs_to_the_right_one() {
+    let f = Fixture::new().await;
+    let src = f.clip("in.mp4", 8.0, 320, 180);
+    let elsewhere = tempfile::tempdir().unwrap();
+    // A worker whose only root is some other directory (a missing mount).
+    let _wrong = WorkerProc::start(
+        &f.server.url(),
+        "wrong-root",
+        elsewhere.path(),
+        &["--slots", "2", "--no-planner"],
+        &[],
+    );
+    let _right = f.worker("right-root", &[]);
+    let spec = f.spec(
+        "rooted",
+        &src,
+        serde_json::json!([small("r180", 180, "ultrafast")]),
+        2.0,
+    );
+    f.client.submit(&spec).await.unwrap();
+    let rec = f
+        .client
+        .wait("rooted", Some(Duration::from_secs(120)))
+        .await
+        .expect("jobs complete on the correct worker");
+    assert_eq!(rec.state, JobState::Done);
+    assert_outputs(&f.out("rooted"), &src, &["r180"]);
+    let evs = f.events("rooted").await;
+    assert!(evs
+        .iter()
+        .all(|e| !matches!(&e.kind, EventKind::TaskDone { worker, .. } if worker == "wrong-root")));
 }

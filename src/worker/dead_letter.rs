@@ -1,13 +1,15 @@
-//! Dead-letter role: turn JetStream's "gave up on this message" advisories
-//! into failed jobs.
+//! Dead-letter role: the safety net for messages JetStream gave up on.
 //!
-//! A worker fails a job itself when a task fails permanently or on its last
-//! delivery. What it cannot report is its own death: a task whose every
-//! delivery died with its worker (OOM kill, power loss) is simply never
-//! delivered again, and its job would stay `running` forever. The server
-//! announces that with a MAX_DELIVERIES advisory, which `JETCODE_DEAD`
-//! stores; every worker shares one durable consumer on it, so each advisory
-//! is handled once, even if no worker was alive when it was emitted.
+//! Workers enforce the attempt budget themselves (the consumers have no
+//! max_deliver, see `streams::TASK_MAX_DELIVER`), and terminate a task
+//! only after its job's failure is recorded, so on a current topology the
+//! advisories stored in `JETCODE_DEAD` are records, and handling them is
+//! a no-op. A topology applied by an older release still has max_deliver
+//! on its consumers: there a MAX_DELIVERIES advisory is the only news of
+//! a task whose every delivery died with its worker, and this role fails
+//! its job (or completes it, if that task was checkpointed after all) and
+//! removes the dead task from the queue. Every worker shares one durable
+//! consumer on `JETCODE_DEAD`, so each advisory is handled once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +20,6 @@ use serde::Deserialize;
 
 use super::{planner, tasks, Worker};
 use crate::error::{Error, ErrorKind, Result};
-use crate::job::JobSpec;
 use crate::lifecycle::{self, End};
 use crate::subjects;
 use crate::task::Task;
@@ -97,23 +98,7 @@ async fn handle(w: &Worker, a: &Advisory) -> Result<()> {
         Err(e) => return Err(Error::js("read dead message", e)),
     };
     if a.stream == subjects::JOBS_STREAM {
-        let spec = JobSpec::from_json(&dead.payload).ok();
-        let id = spec
-            .as_ref()
-            .and_then(|s| s.id.clone())
-            .or_else(|| planner::raw_id(&dead.payload))
-            .unwrap_or_else(|| format!("job-{}", a.stream_seq));
-        let reason = format!(
-            "planning gave up after {} deliveries (planner crashed or lost NATS each time)",
-            a.deliveries
-        );
-        tracing::error!(job = %id, "{reason}");
-        // No record yet: create it failed. A record left `running` (planned,
-        // but publishing its tasks kept failing): fail it. Each is a no-op
-        // in the other case.
-        planner::reject(w, &id, spec, reason.clone()).await?;
-        lifecycle::end(&w.ledger, &id, End::Failed(reason)).await?;
-        return Ok(());
+        return planner::give_up(w, &dead.payload, a.stream_seq, a.deliveries as i64).await;
     }
     if a.stream != subjects::TASKS_STREAM {
         return Ok(());

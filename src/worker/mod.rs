@@ -292,9 +292,12 @@ pub async fn run_until(
 
     let work = TaskTracker::new();
     if !args.no_planner {
+        // Tracked with the tasks: the drain waits for a plan in progress
+        // (or, past the drain timeout, stops its probe and hands the spec
+        // back) instead of leaving it to its 60 s ack deadline.
         let w2 = w.clone();
         let c = planner_consumer.clone();
-        side.spawn(async move { planner::planner_loop(w2, c).await });
+        work.spawn(async move { planner::planner_loop(w2, c).await });
     }
     if args.reconcile_interval > 0.0 {
         side.spawn(reconcile::reconcile_loop(

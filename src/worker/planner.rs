@@ -22,6 +22,22 @@ pub(super) async fn planner_loop(w: Arc<Worker>, consumer: PullConsumer) {
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
                 continue;
             }
+            let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+            if delivered > crate::streams::TASK_MAX_DELIVER {
+                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                match give_up(&w, &msg.payload, seq, delivered - 1).await {
+                    Ok(()) => {
+                        let _ = msg.double_ack().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!("could not record a spec the planner gave up on: {e}");
+                        let _ = msg
+                            .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                            .await;
+                    }
+                }
+                continue;
+            }
             match plan_one(&w, &msg).await {
                 Ok(()) => {
                     let _ = msg.double_ack().await;
@@ -196,6 +212,26 @@ async fn unused_seq_id(w: &Worker, seq: u64, spec: &JobSpec) -> Result<String> {
         }
         _ => Ok(id),
     }
+}
+
+/// A spec whose planning died `attempts` times (planner crashed or lost
+/// NATS each time): record its job failed with the reason.
+pub(super) async fn give_up(w: &Worker, payload: &[u8], seq: u64, attempts: i64) -> Result<()> {
+    let spec = JobSpec::from_json(payload).ok();
+    let id = spec
+        .as_ref()
+        .and_then(|s| s.id.clone())
+        .or_else(|| raw_id(payload))
+        .unwrap_or_else(|| format!("job-{seq}"));
+    let reason = format!(
+        "planning gave up after {attempts} deliveries (planner crashed or lost NATS each time)"
+    );
+    tracing::error!(job = %id, "{reason}");
+    // No record yet: create it failed. A record left running (planned, but
+    // publishing its tasks kept failing): fail it.
+    reject(w, &id, spec, reason.clone()).await?;
+    crate::lifecycle::end(&w.ledger, &id, crate::lifecycle::End::Failed(reason)).await?;
+    Ok(())
 }
 
 /// The id a malformed spec asked for, if it is a valid one.

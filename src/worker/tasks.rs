@@ -209,7 +209,7 @@ async fn pass_on(
 }
 
 /// Backoff before retry `delivered + 1`: 10 s doubling to at most 5 min,
-/// with ±25 % jitter, so with max_deliver 5 a task rides out about two and
+/// with ±25 % jitter, so with 5 attempts a task rides out about two and
 /// a half minutes of trouble (a restarting server, a full disk being
 /// cleaned) and a fleet's retries do not arrive in lockstep.
 pub(super) fn retry_delay(delivered: i64) -> Duration {
@@ -344,6 +344,15 @@ async fn run_task(
         // after it may never have run.
         after_checkpoint(w, &rec, task).await?;
         return Ok(Verdict::Ack);
+    }
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    if delivered > crate::streams::TASK_MAX_DELIVER {
+        // Every attempt so far died with its worker, hung, or lost NATS
+        // (a failure that could report itself was handled at its attempt).
+        return Ok(Verdict::Fail(format!(
+            "delivered {} times and never finished (its workers died, hung or lost NATS)",
+            delivered - 1
+        )));
     }
     w.ledger
         .event_best_effort(
@@ -594,6 +603,15 @@ pub(super) async fn after_checkpoint(w: &Worker, rec: &JobRecord, task: &Task) -
 
 /// Whoever sees every segment/audio checkpoint queues the stitch.
 async fn publish_stitch_if_complete(w: &Worker, rec: &JobRecord) -> Result<()> {
+    // O(1) on the common path: while other task messages of this job are
+    // still queued or in flight (ours is there until we ack), it cannot be
+    // complete, and listing every checkpoint (O(tasks)) per checkpoint
+    // would make a job O(tasks^2). A copy that finds its checkpoint, or
+    // the reconciler, repeats this check if a duplicate hid the end.
+    let (queued_work, _) = dispatch::queued(&w.js, &rec.id).await?;
+    if queued_work > 1 {
+        return Ok(());
+    }
     let done = w
         .ledger
         .done_tasks(&rec.id)
