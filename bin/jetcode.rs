@@ -171,7 +171,11 @@ enum Verb {
 #[derive(Subcommand)]
 enum StreamsVerb {
     /// Create or update every stream, consumer and bucket (idempotent).
-    Apply,
+    Apply {
+        /// Copies of every stream and bucket: 3 on a 3-node cluster.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
     /// Write the stream/consumer JSON configs and the JobSpec schema to DIR.
     Write {
         #[arg(default_value = "streams")]
@@ -376,10 +380,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Verb::Streams(StreamsVerb::Apply) => {
+        Verb::Streams(StreamsVerb::Apply { replicas }) => {
             let nc = cli.nats.options("jetcode-streams")?.connect().await?;
             let js = async_nats::jetstream::new(nc);
-            for a in jetcode::streams::apply(&js).await? {
+            for a in jetcode::streams::apply_replicated(&js, replicas).await? {
                 println!(
                     "{:<32} {}",
                     a.name,

@@ -193,8 +193,18 @@ pub struct Applied {
 
 /// Create or update every stream, consumer and bucket. Idempotent.
 pub async fn apply(js: &jetstream::Context) -> Result<Vec<Applied>> {
+    apply_replicated(js, 1).await
+}
+
+/// [`apply`] with `replicas` copies of every stream and bucket (3 on a
+/// 3-node cluster: the loss of any one node loses no job, task, record or
+/// checkpoint; with 1, killing the node that holds them leaves jobs
+/// unreadable until it returns). Consumers follow their stream.
+pub async fn apply_replicated(js: &jetstream::Context, replicas: usize) -> Result<Vec<Applied>> {
+    let replicas = replicas.max(1);
     let mut done = Vec::new();
-    for cfg in stream_configs() {
+    for mut cfg in stream_configs() {
+        cfg.num_replicas = replicas;
         let name = cfg.name.clone();
         let created = match js.get_stream(&name).await {
             Ok(_) => {
@@ -236,7 +246,8 @@ pub async fn apply(js: &jetstream::Context) -> Result<Vec<Applied>> {
             created: !exists,
         });
     }
-    for cfg in bucket_configs() {
+    for mut cfg in bucket_configs() {
+        cfg.num_replicas = replicas;
         let name = cfg.bucket.clone();
         let created = match js.get_key_value(&name).await {
             Ok(_) => {

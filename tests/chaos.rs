@@ -198,3 +198,97 @@ async fn frozen_worker_past_ack_wait_corrupts_and_duplicates_nothing() {
     );
     let _ = &mut frozen;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_node_cluster_survives_stream_and_meta_leader_kills_mid_job() {
+    let mut cluster = NatsCluster::start(3);
+    let urls = cluster.urls();
+    // R3 topology, once the cluster has elected its meta leader.
+    wait_for(Duration::from_secs(60), "R3 topology applied", || {
+        let urls = urls.clone();
+        async move {
+            match jetcode::ConnectOptions::new(urls).connect().await {
+                Ok(nc) => jetcode::streams::apply_replicated(&async_nats::jetstream::new(nc), 3)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("in.mp4");
+    make_clip(&src, 30.0, 320, 180);
+    let want_frames = ffprobe_frames(&src);
+    let _workers: Vec<WorkerProc> = (0..2)
+        .map(|n| {
+            WorkerProc::start(
+                &urls,
+                &format!("cw{n}"),
+                root.path(),
+                &["--reconcile-interval", "2"],
+                &[],
+            )
+        })
+        .collect();
+    let c = client(&urls).await.unwrap();
+    c.submit(&spec(root.path(), "clustered", &src))
+        .await
+        .unwrap();
+    let mut evs = Box::pin(c.watch("clustered").await.unwrap());
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(Ok(e)) = evs.next().await {
+            if matches!(e.kind, EventKind::TaskDone { .. }) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("a part done");
+
+    let js = async_nats::jetstream::new(c.nats().clone());
+    let stream_leader = || {
+        let js = js.clone();
+        async move {
+            let mut s = js.get_stream(jetcode::subjects::TASKS_STREAM).await.ok()?;
+            let leader = s.info().await.ok()?.cluster.as_ref()?.leader.clone()?;
+            (0..3).find(|i| NatsCluster::name(*i) == leader)
+        }
+    };
+    // 1. Kill the task stream's leader; a new one is elected; bring it back.
+    let old = stream_leader().await.expect("stream leader");
+    cluster.kill_node(old);
+    wait_for(Duration::from_secs(60), "new stream leader", || async {
+        stream_leader().await.is_some_and(|l| l != old)
+    })
+    .await;
+    cluster.start_node(old);
+    // 2. Kill the meta leader; a new one is elected; bring it back.
+    let meta = cluster.meta_leader().expect("meta leader");
+    cluster.kill_node(meta);
+    wait_until(Duration::from_secs(60), "new meta leader", || {
+        cluster.meta_leader().is_some_and(|l| l != meta)
+    });
+    cluster.start_node(meta);
+
+    let rec = c
+        .wait("clustered", Some(Duration::from_secs(300)))
+        .await
+        .expect("job ends done");
+    assert_eq!(rec.state, JobState::Done);
+    let out = root.path().join("out/clustered");
+    for r in ["r240", "r144"] {
+        assert_eq!(
+            ffprobe_frames(&out.join(format!("{r}.mp4"))),
+            want_frames,
+            "{r}"
+        );
+    }
+    let done = c.ledger().done_tasks("clustered").await.unwrap();
+    assert_eq!(done.len() as u32, rec.tasks_total + 1, "{done:?}");
+    eprintln!(
+        "cluster: stream leader {} and meta leader {} killed mid-job; job done",
+        NatsCluster::name(old),
+        NatsCluster::name(meta)
+    );
+}

@@ -297,3 +297,128 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         })
         .collect()
 }
+
+/// A 3-node (or n-node) JetStream cluster on loopback: real nats-server
+/// processes with routes between them, each with its own store and a
+/// monitoring port (for `/jsz`: who leads the meta group).
+pub struct NatsCluster {
+    pub nodes: Vec<Option<Child>>,
+    pub ports: Vec<u16>,
+    pub monitor_ports: Vec<u16>,
+    cluster_ports: Vec<u16>,
+    stores: Vec<tempfile::TempDir>,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> Self {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let monitor_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let stores = (0..n)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let mut c = NatsCluster {
+            nodes: (0..n).map(|_| None).collect(),
+            ports,
+            monitor_ports,
+            cluster_ports,
+            stores,
+        };
+        for i in 0..n {
+            c.start_node(i);
+        }
+        c
+    }
+
+    /// Server name of node `i`.
+    pub fn name(i: usize) -> String {
+        format!("n{i}")
+    }
+
+    pub fn start_node(&mut self, i: usize) {
+        let routes = self
+            .cluster_ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let child = Command::new(server_bin())
+            .args(["-a", "127.0.0.1", "-p", &self.ports[i].to_string()])
+            .args(["-m", &self.monitor_ports[i].to_string()])
+            .args(["-n", &Self::name(i), "--cluster_name", "jetcode-test"])
+            .args([
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", self.cluster_ports[i]),
+            ])
+            .args(["--routes", &routes])
+            .arg("-js")
+            .arg("-sd")
+            .arg(self.stores[i].path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_bin().display()));
+        self.nodes[i] = Some(child);
+        let port = self.ports[i];
+        wait_until(
+            Duration::from_secs(10),
+            "cluster node accepts connections",
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+    }
+
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Every node's URL, comma separated: a seed list.
+    pub fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Index of the node leading the JetStream meta group, from `/jsz` of
+    /// any live node.
+    pub fn meta_leader(&self) -> Option<usize> {
+        for (i, port) in self.monitor_ports.iter().enumerate() {
+            if self.nodes[i].is_none() {
+                continue;
+            }
+            let Some(body) = http_get_body(*port, "/jsz") else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            if let Some(leader) = v["meta_cluster"]["leader"].as_str() {
+                return (0..self.nodes.len()).find(|j| Self::name(*j) == leader);
+            }
+        }
+        None
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+    }
+}
+
+/// Body of a plain HTTP GET on loopback, or None.
+pub fn http_get_body(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
