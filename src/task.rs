@@ -143,6 +143,10 @@ pub struct StitchWork {
 pub enum ChildLine {
     /// Frames (or, for audio, milliseconds) done so far.
     Progress { done: u64, total: u64, fps: f64 },
+    /// No frames, but work is moving (a stitch copying, rewriting for
+    /// faststart, verifying, hashing): `io_bytes` read + written so far.
+    /// Resets the stall timer; counts no frames.
+    Alive { io_bytes: u64 },
     /// Finished; `frames` produced (video) and a free-form summary.
     Done {
         frames: u64,

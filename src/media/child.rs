@@ -100,6 +100,9 @@ fn dispatch(kind: &str, task_json: &str) -> Result<(u64, serde_json::Value), Med
             Ok((0, to_value(&summary)?))
         }
         "stitch" => {
+            // Its copy, faststart, verify and hash phases mux no frames:
+            // report liveness from this process's I/O instead.
+            report_io_liveness();
             let work: StitchWork = parse(task_json)?;
             let total = work.plan.frames * work.renditions.len() as u64;
             let manifest = stitch::stitch(&work, &mut |done, fps| {
@@ -125,6 +128,36 @@ fn parse<T: DeserializeOwned>(json: &str) -> Result<T, MediaError> {
 fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, MediaError> {
     serde_json::to_value(v)
         .map_err(|e| MediaError::transient(format!("cannot encode summary: {e}")))
+}
+
+/// Every 2 s, tell the worker this process is alive if it read or wrote
+/// anything since the last look (`/proc/self/io`). A hung child does no
+/// I/O and is still killed by the stall timer.
+fn report_io_liveness() {
+    fn io_bytes() -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/self/io").ok()?;
+        let field = |name: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        Some(field("rchar:")? + field("wchar:")?)
+    }
+    let _ = std::thread::Builder::new()
+        .name("io-liveness".into())
+        .spawn(|| {
+            let mut last = io_bytes().unwrap_or(0);
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                let Some(now) = io_bytes() else { return };
+                if now > last {
+                    emit(&ChildLine::Alive { io_bytes: now });
+                    // Our own report is I/O too: look again after it, or a
+                    // hung child would keep itself alive.
+                    last = io_bytes().unwrap_or(now);
+                }
+            }
+        });
 }
 
 /// Print one line; stdout is the channel to the worker, flush per line.

@@ -160,12 +160,17 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
             line = lines.next_line() => match line {
                 Ok(Some(l)) => {
                     let Ok(parsed) = serde_json::from_str::<ChildLine>(&l) else { continue };
-                    if let ChildLine::Progress { done, .. } = parsed {
-                        if done > done_so_far {
+                    match parsed {
+                        ChildLine::Progress { done, .. } if done > done_so_far => {
                             (spec.on_frames)(done - done_so_far);
                             done_so_far = done;
                             last_advance = Instant::now();
                         }
+                        ChildLine::Alive { .. } => {
+                            last_advance = Instant::now();
+                            continue;
+                        }
+                        _ => {}
                     }
                     last = Some(parsed);
                 }
