@@ -17,6 +17,13 @@ test: lint
     if cargo nextest --version >/dev/null 2>&1; then cargo nextest run --no-fail-fast --test-threads 2; else cargo test -- --test-threads 2; fi
     cargo test --doc
 
+# The chaos suite again and again (default 5 rounds, each bounded by the
+# tests' own deadlines): kill -9, frozen workers, server restarts, a
+# 3-node cluster losing its leaders. Stops at the first failure.
+soak ROUNDS="5":
+    cargo build --tests
+    for i in $(seq {{ROUNDS}}); do echo "soak round $i/{{ROUNDS}}"; cargo nextest run --test chaos --no-capture 2>&1 | grep -E "^(chaos|cluster):|PASS|FAIL|panicked" ; test "${PIPESTATUS[0]}" -eq 0; done
+
 # Formatting and clippy, warnings are errors.
 lint:
     cargo fmt --all -- --check

@@ -121,24 +121,21 @@ impl Ledger {
 
     /// True when the task's checkpoint exists.
     pub async fn is_done(&self, job: &str, task: &str) -> Result<bool> {
+        Ok(self.checkpoint_bytes(job, task).await?.is_some())
+    }
+
+    async fn checkpoint_bytes(&self, job: &str, task: &str) -> Result<Option<bytes::Bytes>> {
         let key = subjects::progress_key(job, task);
-        let v = self
-            .progress
+        self.progress
             .get(&key)
             .await
-            .map_err(|e| Error::js(&format!("read checkpoint {key}"), e))?;
-        Ok(v.is_some())
+            .map_err(|e| Error::js(&format!("read checkpoint {key}"), e))
     }
 
     /// The task's checkpoint, if it has one.
     pub async fn checkpoint_of(&self, job: &str, task: &str) -> Result<Option<TaskDone>> {
         let key = subjects::progress_key(job, task);
-        let v = self
-            .progress
-            .get(&key)
-            .await
-            .map_err(|e| Error::js(&format!("read checkpoint {key}"), e))?;
-        match v {
+        match self.checkpoint_bytes(job, task).await? {
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
                 Error::new(
                     ErrorKind::Decode,

@@ -822,7 +822,30 @@ async fn checkpointed_stitch_always_finishes_the_job() {
     assert_eq!(rec.state, JobState::Done);
     assert_outputs(&f.out("stitched"), &src, &["r180"]);
 
-    // 3. The id is taken: the same id with another spec is refused.
+    // 3. The stitch never ran and its message vanished: the reconciler
+    //    queues it again (the repair needs two sweeps that agree).
+    strand_as_running(&f, "stitched").await;
+    let progress = js
+        .get_stream(format!("KV_{}", jetcode::subjects::PROGRESS_BUCKET))
+        .await
+        .unwrap();
+    progress
+        .purge()
+        .filter(format!(
+            "$KV.{}.stitched.stitch",
+            jetcode::subjects::PROGRESS_BUCKET
+        ))
+        .await
+        .unwrap();
+    let rec = f
+        .client
+        .wait("stitched", Some(Duration::from_secs(60)))
+        .await
+        .expect("reconciler queues a stitch that never came");
+    assert_eq!((rec.state, rec.repairs), (JobState::Done, 1));
+    assert_outputs(&f.out("stitched"), &src, &["r180"]);
+
+    // 4. The id is taken: the same id with another spec is refused.
     let mut other = spec.clone();
     other.segment_seconds = Some(3.0);
     let err = f.client.submit(&other).await.unwrap_err();
@@ -1083,4 +1106,81 @@ async fn worker_with_the_wrong_file_root_leaves_jobs_to_the_right_one() {
     assert!(evs
         .iter()
         .all(|e| !matches!(&e.kind, EventKind::TaskDone { worker, .. } if worker == "wrong-root")));
+}
+
+/// `chattr +i` on a directory (root ignores file modes, not this), undone
+/// on drop. None where the filesystem does not support it.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(dir: &Path) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Immutable(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unwritable_output_is_retried_then_fails_naming_the_path() {
+    let f = Fixture::new().await;
+    let src = f.clip("in.mp4", 4.0, 320, 180);
+    let _w = f.worker("w", &["--retry-backoff", "0.3"]);
+    let spec = |id: &str| {
+        f.spec(
+            id,
+            &src,
+            serde_json::json!([small("r180", 180, "ultrafast")]),
+            2.0,
+        )
+    };
+    // Unwritable, then writable again: retried, then done.
+    let parts = f.out("healed").join("parts");
+    let Some(lock) = Immutable::set(&parts) else {
+        eprintln!("chattr +i unsupported here: skipping");
+        return;
+    };
+    f.client.submit(&spec("healed")).await.unwrap();
+    let shown = parts.display().to_string();
+    f.wait_event(
+        "healed",
+        "a retry naming the path",
+        |k| matches!(k, EventKind::Retried { reason, .. } if reason.contains(&shown)),
+    )
+    .await;
+    drop(lock);
+    let rec = f
+        .client
+        .wait("healed", Some(Duration::from_secs(120)))
+        .await
+        .expect("done once writable");
+    assert_eq!(rec.state, JobState::Done);
+    assert_outputs(&f.out("healed"), &src, &["r180"]);
+
+    // Left unwritable: the job fails, and the reason names the path.
+    let parts = f.out("stuck").join("parts");
+    let _lock = Immutable::set(&parts).expect("chattr worked above");
+    f.client.submit(&spec("stuck")).await.unwrap();
+    let err = f
+        .client
+        .wait("stuck", Some(Duration::from_secs(120)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), jetcode::ErrorKind::JobFailed, "{err}");
+    assert!(
+        err.to_string().contains(&parts.display().to_string()),
+        "{err}"
+    );
 }

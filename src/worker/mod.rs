@@ -53,6 +53,10 @@ pub struct WorkerArgs {
     /// instead of waking the OOM killer on the whole machine.
     #[arg(long, env = "JETCODE_CHILD_MEMORY_MB", default_value_t = 8192)]
     pub child_memory_mb: u64,
+    /// Seconds before the first retry of a failed task; doubles per
+    /// attempt (at most 5 min), ±25 % jitter.
+    #[arg(long, default_value_t = 10.0)]
+    pub retry_backoff: f64,
     /// On SIGTERM, let in-flight tasks finish for this many seconds, then
     /// hand them back. The process exits at most 10 s after that, even when
     /// NATS is unreachable.

@@ -23,22 +23,13 @@ pub(super) async fn planner_loop(w: Arc<Worker>, consumer: PullConsumer) {
                 continue;
             }
             let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-            if delivered > crate::streams::TASK_MAX_DELIVER {
+            let handled = if delivered > crate::streams::TASK_MAX_DELIVER {
                 let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-                match give_up(&w, &msg.payload, seq, delivered - 1).await {
-                    Ok(()) => {
-                        let _ = msg.double_ack().await;
-                    }
-                    Err(e) => {
-                        tracing::warn!("could not record a spec the planner gave up on: {e}");
-                        let _ = msg
-                            .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                            .await;
-                    }
-                }
-                continue;
-            }
-            match plan_one(&w, &msg).await {
+                give_up(&w, &msg.payload, seq, delivered - 1).await
+            } else {
+                plan_one(&w, &msg).await
+            };
+            match handled {
                 Ok(()) => {
                     let _ = msg.double_ack().await;
                 }

@@ -111,7 +111,7 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
             "not_for_me"
         }
         Verdict::Retry(reason) if delivered < crate::streams::TASK_MAX_DELIVER => {
-            let delay = retry_delay(delivered);
+            let delay = retry_delay(w, delivered);
             tracing::warn!(job = %task.job, task = %task.id, delivered, ?delay, "retrying: {reason}");
             let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
             w.ledger
@@ -208,13 +208,15 @@ async fn pass_on(
     hand_back_with(&w.js, msg, Some(hops)).await;
 }
 
-/// Backoff before retry `delivered + 1`: 10 s doubling to at most 5 min,
-/// with ±25 % jitter, so with 5 attempts a task rides out about two and
-/// a half minutes of trouble (a restarting server, a full disk being
-/// cleaned) and a fleet's retries do not arrive in lockstep.
-pub(super) fn retry_delay(delivered: i64) -> Duration {
+/// Backoff before retry `delivered + 1`: `--retry-backoff` (10 s) doubling
+/// to at most 5 min, with ±25 % jitter, so with 5 attempts a task rides
+/// out about two and a half minutes of trouble (a restarting server, a
+/// full disk being cleaned) and a fleet's retries do not arrive in
+/// lockstep.
+fn retry_delay(w: &Worker, delivered: i64) -> Duration {
     let exp = delivered.clamp(1, 6) as u32 - 1;
-    jitter((Duration::from_secs(10) * 2u32.pow(exp)).min(Duration::from_secs(300)))
+    let base = Duration::from_secs_f64(w.args.retry_backoff.clamp(0.01, 300.0));
+    jitter((base * 2u32.pow(exp)).min(Duration::from_secs(300)))
 }
 
 /// `d` scaled by a factor in [0.75, 1.25).
@@ -249,7 +251,7 @@ async fn fail_then_term(
                 "could not record the failure yet ({e}); will retry: {reason}"
             );
             let _ = msg
-                .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
+                .ack_with(AckKind::Nak(Some(retry_delay(w, delivered))))
                 .await;
         }
     }
