@@ -724,9 +724,22 @@ async fn wait_worker_live(f: &Fixture, id: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_worker_exits_in_bound_after_sigterm_with_nats_gone() {
     let mut f = Fixture::new().await;
-    let mut w = f.worker("orphan", &["--drain-timeout", "2"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut w = f.worker("orphan", &["--drain-timeout", "2", "--health-addr", &addr]);
     wait_worker_live(&f, "orphan").await;
+    assert_eq!(http_get(port, "/readyz").0, 200);
     f.server.kill();
+    // Liveness is the process, not NATS: a supervisor must not kill a
+    // worker (and its encodes) for a NATS outage. Readiness says no.
+    wait_until(Duration::from_secs(10), "readyz 503 without NATS", || {
+        http_get(port, "/readyz").0 == 503
+    });
+    assert_eq!(http_get(port, "/healthz").0, 200);
     let t0 = std::time::Instant::now();
     w.signal(libc::SIGTERM);
     let status = w.wait_exit(Duration::from_secs(2) + SHUTDOWN_GRACE);
@@ -1183,4 +1196,134 @@ async fn unwritable_output_is_retried_then_fails_naming_the_path() {
         err.to_string().contains(&parts.display().to_string()),
         "{err}"
     );
+}
+
+/// A finished job put back to "parts done, stitch not run" (its stitch
+/// checkpoint removed, its record running): what a crash right before the
+/// stitch leaves.
+async fn unstitch(f: &Fixture, id: &str) {
+    strand_as_running(f, id).await;
+    let js = async_nats::jetstream::new(f.client.nats().clone());
+    js.get_stream(format!("KV_{}", jetcode::subjects::PROGRESS_BUCKET))
+        .await
+        .unwrap()
+        .purge()
+        .filter(format!(
+            "$KV.{}.{id}.stitch",
+            jetcode::subjects::PROGRESS_BUCKET
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn part_changed_after_its_checkpoint_is_refused_by_the_stitch() {
+    let f = Fixture::new().await;
+    let src = f.clip("in.mp4", 4.0, 320, 180);
+    let mut w = f.worker("w", &["--reconcile-interval", "0"]);
+    let spec = f.spec(
+        "tampered",
+        &src,
+        serde_json::json!([small("r180", 180, "ultrafast")]),
+        2.0,
+    );
+    f.client.submit(&spec).await.unwrap();
+    f.client
+        .wait("tampered", Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    w.signal(libc::SIGKILL);
+    w.wait_exit(Duration::from_secs(10));
+    unstitch(&f, "tampered").await;
+    let part = f.out("tampered").join("parts/r180/00001.ts");
+    let mut bytes = std::fs::read(&part).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&part, bytes).unwrap();
+    let rec = f.client.status("tampered").await.unwrap();
+    let (spec_r, plan) = jetcode::dispatch::planned(&rec).unwrap();
+    let js = async_nats::jetstream::new(f.client.nats().clone());
+    jetcode::dispatch::publish(
+        &js,
+        &[jetcode::dispatch::stitch_task("tampered", spec_r, plan).unwrap()],
+        Some("again"),
+    )
+    .await
+    .unwrap();
+    let _w2 = f.worker("w2", &["--reconcile-interval", "0"]);
+    let err = f
+        .client
+        .wait("tampered", Some(Duration::from_secs(60)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("changed after its checkpoint"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exhausted_task_that_was_checkpointed_completes_its_job() {
+    use async_nats::jetstream::{consumer::PullConsumer, AckKind};
+    let f = Fixture::new().await;
+    let src = f.clip("in.mp4", 4.0, 320, 180);
+    let mut w = f.worker("w", &["--reconcile-interval", "0"]);
+    let spec = f.spec(
+        "lastgasp",
+        &src,
+        serde_json::json!([small("r180", 180, "ultrafast")]),
+        2.0,
+    );
+    f.client.submit(&spec).await.unwrap();
+    f.client
+        .wait("lastgasp", Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    w.signal(libc::SIGKILL);
+    w.wait_exit(Duration::from_secs(10));
+    // The job needs its stitch; the only message left is a copy of a part
+    // that was checkpointed, whose every delivery died (here: this test
+    // takes them and gives them back).
+    unstitch(&f, "lastgasp").await;
+    let rec = f.client.status("lastgasp").await.unwrap();
+    let (spec_r, plan) = jetcode::dispatch::planned(&rec).unwrap();
+    let part = jetcode::dispatch::work_tasks("lastgasp", spec_r, plan)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id.starts_with("seg-"))
+        .unwrap();
+    let js = async_nats::jetstream::new(f.client.nats().clone());
+    jetcode::dispatch::publish(&js, &[part], Some("late"))
+        .await
+        .unwrap();
+    let workers: PullConsumer = js
+        .get_consumer_from_stream(
+            jetcode::subjects::WORKERS_CONSUMER,
+            jetcode::subjects::TASKS_STREAM,
+        )
+        .await
+        .unwrap();
+    let mut deliveries = 0;
+    while deliveries < jetcode::streams::TASK_MAX_DELIVER {
+        let mut batch = workers
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_millis(300))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(m)) = batch.next().await {
+            deliveries += 1;
+            m.ack_with(AckKind::Nak(None)).await.unwrap();
+        }
+    }
+    // Its next delivery: checkpointed, so the completion step runs (the
+    // stitch is queued) instead of the job failing.
+    let _w2 = f.worker("w2", &["--reconcile-interval", "0"]);
+    let rec = f
+        .client
+        .wait("lastgasp", Some(Duration::from_secs(60)))
+        .await
+        .expect("completed, not failed");
+    assert_eq!(rec.state, JobState::Done);
+    assert_outputs(&f.out("lastgasp"), &src, &["r180"]);
 }
