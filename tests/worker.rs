@@ -1327,3 +1327,36 @@ async fn exhausted_task_that_was_checkpointed_completes_its_job() {
     assert_eq!(rec.state, JobState::Done);
     assert_outputs(&f.out("lastgasp"), &src, &["r180"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stitch_phase_without_frames_is_not_killed_as_stalled() {
+    let f = Fixture::new().await;
+    let src = f.clip("in.mp4", 4.0, 320, 180);
+    // Stall timeout 3 s; the stitch spends 8 s doing I/O without frames.
+    let _w = WorkerProc::start(
+        &f.server.url(),
+        "patient",
+        f.root(),
+        &["--stall-timeout", "3", "--retry-backoff", "60"],
+        &[("JETCODE_FAILPOINT_SLOW_IO", "8")],
+    );
+    let spec = f.spec(
+        "slowstitch",
+        &src,
+        serde_json::json!([small("r180", 180, "ultrafast")]),
+        2.0,
+    );
+    f.client.submit(&spec).await.unwrap();
+    let rec = f
+        .client
+        .wait("slowstitch", Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, JobState::Done);
+    let evs = f.events("slowstitch").await;
+    assert!(
+        evs.iter()
+            .all(|e| !matches!(&e.kind, EventKind::Retried { .. })),
+        "nothing retried: {evs:?}"
+    );
+}
