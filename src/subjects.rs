@@ -97,6 +97,19 @@ pub fn handback_msg_id(original: &str, seq: u64) -> String {
     format!("{original}.h{seq}")
 }
 
+/// The Msg-Id a hand-back copy was made from: `id` without its trailing
+/// `.h<seq>` parts, so copies of copies do not grow their Msg-Id.
+pub fn handback_base(id: &str) -> &str {
+    let mut base = id;
+    while let Some((head, tail)) = base.rsplit_once(".h") {
+        if tail.is_empty() || !tail.bytes().all(|b| b.is_ascii_digit()) {
+            break;
+        }
+        base = head;
+    }
+    base
+}
+
 /// Key of a task's checkpoint in [`PROGRESS_BUCKET`]: `<job>.<task>`.
 pub fn progress_key(job: &str, task: &str) -> String {
     format!("{job}.{task}")
@@ -139,3 +152,16 @@ pub const AUDIO_PART_KEY: &str = "parts/audio.ts";
 pub const MANIFEST_KEY: &str = "manifest.json";
 /// Object key of the HLS master playlist, relative to the job's output.
 pub const HLS_MASTER_KEY: &str = "hls/master.m3u8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handback_ids_do_not_grow() {
+        assert_eq!(handback_base("job.seg-a-00001"), "job.seg-a-00001");
+        assert_eq!(handback_base("job.seg-a-00001.h12.h40"), "job.seg-a-00001");
+        assert_eq!(handback_base("job.stitch.g1r2.h7"), "job.stitch.g1r2");
+        assert_eq!(handback_base("job-h.hls.hx"), "job-h.hls.hx");
+    }
+}

@@ -376,11 +376,12 @@ pub async fn run_until(
 /// After the drain, how long in-flight tasks get to be handed back.
 const HAND_BACK_BOUND: Duration = Duration::from_secs(5);
 /// How long the heartbeat, health, micro and role loops get to stop.
-const SIDE_TASKS_BOUND: Duration = Duration::from_secs(3);
+const SIDE_TASKS_BOUND: Duration = Duration::from_millis(2500);
 /// How long the last flush may wait for a server.
 const FLUSH_BOUND: Duration = Duration::from_secs(1);
 /// Upper bound of shutdown beyond `--drain-timeout` (documented in the
-/// README next to that flag): the three bounds above plus slack.
+/// README next to that flag): the batch tail (0.5 s), the three bounds
+/// above and the runtime's 1 s shutdown timeout.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How long one pull request waits on the server for messages.
@@ -456,7 +457,14 @@ async fn pull_loop(
                 drop(permit);
             });
         }
-        futures::future::join_all(give_back.iter().map(|m| tasks::hand_back(&w.js, m))).await;
+        if !give_back.is_empty() {
+            // In the work tracker, so the drain's bounds cover it and the
+            // pull loop returns at once.
+            let js = w.js.clone();
+            work.spawn(async move {
+                futures::future::join_all(give_back.iter().map(|m| tasks::hand_back(&js, m))).await;
+            });
+        }
     }
 }
 

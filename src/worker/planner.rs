@@ -214,6 +214,15 @@ pub(super) async fn give_up(w: &Worker, payload: &[u8], seq: u64, attempts: i64)
         .and_then(|s| s.id.clone())
         .or_else(|| raw_id(payload))
         .unwrap_or_else(|| format!("job-{seq}"));
+    // Planned after all (only the acks were lost): resume, never fail it.
+    if let Some((rec, _)) = w.ledger.record(&id).await? {
+        if rec.state == JobState::Running && rec.plan.is_some() {
+            if let Some(recorded) = &rec.spec {
+                resume_recorded(w, &id, recorded).await?;
+            }
+            return Ok(());
+        }
+    }
     let reason = format!(
         "planning gave up after {attempts} deliveries (planner crashed or lost NATS each time)"
     );

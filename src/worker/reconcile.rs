@@ -3,9 +3,9 @@
 //! snapshot, acknowledged writes lost on power failure under lazy fsync),
 //! a stitch can be lost between its last checkpoint and its publish, a
 //! job can be left running by a crash after its stitch's checkpoint.
-//! Without this role any of those leaves a job `running` forever. (Not
-//! covered yet: a task that spent its deliveries stays in the queue and
-//! counts as queued, so a lost MAX_DELIVERIES advisory still strands it.)
+//! Without this role any of those leaves a job `running` forever. (A task
+//! whose attempts all died is not this role's: the consumers have no
+//! max_deliver, so its next delivery reaches a worker that ends it.)
 //!
 //! One worker in the fleet runs it at a time: it holds a lease in
 //! `jetcode-leases`, a key created once and renewed by compare-and-set;

@@ -52,7 +52,8 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
             // Rolling upgrade: a newer worker published it; leave it to one.
             tracing::warn!(subject = %msg.subject, version = v, "task from a newer jetcode; handing it back");
             let reason = format!("task message version {v} is newer than this worker's");
-            pass_on(w, &msg, None, NEWER_TASK_DELAY, &reason).await;
+            let job = subjects::job_of_task_subject(msg.subject.as_str());
+            pass_on(w, &msg, job, NEWER_TASK_DELAY, &reason).await;
             return;
         }
         Err(TaskDecodeError::Unreadable(e)) => {
@@ -94,7 +95,12 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
     }
     let outcome = match verdict {
         Verdict::Ack => {
-            let _ = msg.double_ack().await;
+            if msg.double_ack().await.is_ok() && kind != TaskKind::Stitch {
+                // Two last parts finishing together each see the other's
+                // message still queued and leave the stitch to it; after
+                // our ack, the later of the two sees none and queues it.
+                stitch_if_complete_after_ack(w, &task).await;
+            }
             "ok"
         }
         Verdict::HandBack => {
@@ -133,10 +139,12 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
             ) =>
         {
             // Checkpointed (only its completion step failed), or we cannot
-            // tell: never fail finished work. The MAX_DELIVERIES advisory
-            // (dead-letter role) or the reconciler completes it.
+            // tell: never fail finished work. Its next delivery runs the
+            // completion step again (so does the reconciler).
             tracing::warn!(job = %task.job, task = %task.id, "completion step failed on the last delivery: {reason}");
-            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(retry_delay(w, delivered))))
+                .await;
             "retried"
         }
         Verdict::Retry(reason) => {
@@ -195,8 +203,12 @@ async fn pass_on(
             return;
         }
     }
-    // Hold it (progress-acked: the delay may exceed ack_wait).
-    let until = tokio::time::Instant::now() + jitter(delay);
+    // Hold it (progress-acked: the delay may exceed ack_wait), longer
+    // with every hop: the workers that can run it may all be busy with
+    // long encodes, and 20 hops must span more than their tasks (about an
+    // hour in all at the 5 s base).
+    let hold = (delay * 2u32.pow((hops - 1).min(6))).min(Duration::from_secs(300));
+    let until = tokio::time::Instant::now() + jitter(hold);
     while tokio::time::Instant::now() < until {
         let step = until.min(tokio::time::Instant::now() + crate::streams::PROGRESS_ACK_EVERY);
         tokio::select! {
@@ -274,7 +286,7 @@ async fn hand_back_with(js: &jetstream::Context, msg: &jetstream::Message, hops:
         .headers
         .as_ref()
         .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-        .map(|v| v.as_str().to_string())
+        .map(|v| subjects::handback_base(v.as_str()).to_string())
         .unwrap_or_else(|| msg.subject.to_string());
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
@@ -418,8 +430,24 @@ async fn run_task(
                 renditions,
                 formats,
             } => {
-                if let Err(reason) = verify_parts(w, &rec, &out_dir).await? {
-                    return Ok(Verdict::Fail(reason));
+                // Bounded: hung storage must not hold the stitch (kept
+                // ours by progress acks) forever.
+                let bound = Duration::from_secs_f64(
+                    (plan.segments.last().map_or(0.0, |s| s.end_ns as f64 / 1e9)
+                        * w.args.task_timeout_factor)
+                        .max(300.0),
+                );
+                match tokio::time::timeout(bound, verify_parts(w, &rec, &out_dir)).await {
+                    Ok(verified) => {
+                        if let Err(reason) = verified? {
+                            return Ok(Verdict::Fail(reason));
+                        }
+                    }
+                    Err(_) => {
+                        return Ok(Verdict::Retry(format!(
+                            "verifying the parts took over {bound:?}"
+                        )))
+                    }
                 }
                 let work = StitchWork {
                     output_dir: out_dir.clone(),
@@ -481,7 +509,7 @@ async fn run_task(
     metrics::histogram!(m::TASK_SECONDS, m::LABEL_KIND => kind).record(secs);
     let (bytes, sha256) = match &part {
         Some(p) => {
-            let (size, digest) = crate::store::digest_file(p)?;
+            let (size, digest) = digest_blocking(p).await?;
             (Some(size), Some(digest))
         }
         None => (None, None),
@@ -560,13 +588,7 @@ async fn verify_parts(
         let Some(want) = done.sha256 else {
             continue; // checkpointed by an older worker
         };
-        let digest = tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || crate::store::digest_file(&path)
-        })
-        .await
-        .map_err(|e| crate::error::Error::new(ErrorKind::Storage, e.to_string()))?;
-        match digest {
+        match digest_blocking(&path).await {
             Ok((_, got)) if got == want => {}
             Ok((_, got)) => {
                 return Ok(Err(format!(
@@ -579,6 +601,15 @@ async fn verify_parts(
         }
     }
     Ok(Ok(()))
+}
+
+/// [`crate::store::digest_file`] on the blocking pool: a big part on slow
+/// storage must not stall the runtime (and with it the progress acks).
+async fn digest_blocking(path: &std::path::Path) -> Result<(u64, String)> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::store::digest_file(&path))
+        .await
+        .map_err(|e| crate::error::Error::new(ErrorKind::Storage, e.to_string()))?
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -601,6 +632,22 @@ pub(super) async fn after_checkpoint(w: &Worker, rec: &JobRecord, task: &Task) -
         return Ok(());
     }
     publish_stitch_if_complete(w, rec).await
+}
+
+/// The completion check again once our message is acked (best effort:
+/// the next copy or the reconciler covers a failure here).
+async fn stitch_if_complete_after_ack(w: &Worker, task: &Task) {
+    let check = async {
+        if let Some((rec, _)) = w.ledger.record(&task.job).await? {
+            if rec.state == JobState::Running {
+                publish_stitch_if_complete(w, &rec).await?;
+            }
+        }
+        Ok::<_, crate::error::Error>(())
+    };
+    if let Err(e) = check.await {
+        tracing::debug!(job = %task.job, "completion check after ack: {e}");
+    }
 }
 
 /// Whoever sees every segment/audio checkpoint queues the stitch.
