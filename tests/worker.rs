@@ -1216,25 +1216,32 @@ async fn unstitch(f: &Fixture, id: &str) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn part_changed_after_its_checkpoint_is_refused_by_the_stitch() {
-    let f = Fixture::new().await;
+/// Run job `id` to done on a worker that is then killed, and put it back
+/// to "parts done, stitch not run". Returns the source.
+async fn done_then_unstitched(f: &Fixture, id: &str) -> PathBuf {
     let src = f.clip("in.mp4", 4.0, 320, 180);
     let mut w = f.worker("w", &["--reconcile-interval", "0"]);
     let spec = f.spec(
-        "tampered",
+        id,
         &src,
         serde_json::json!([small("r180", 180, "ultrafast")]),
         2.0,
     );
     f.client.submit(&spec).await.unwrap();
     f.client
-        .wait("tampered", Some(Duration::from_secs(120)))
+        .wait(id, Some(Duration::from_secs(120)))
         .await
         .unwrap();
     w.signal(libc::SIGKILL);
     w.wait_exit(Duration::from_secs(10));
-    unstitch(&f, "tampered").await;
+    unstitch(f, id).await;
+    src
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn part_changed_after_its_checkpoint_is_refused_by_the_stitch() {
+    let f = Fixture::new().await;
+    done_then_unstitched(&f, "tampered").await;
     let part = f.out("tampered").join("parts/r180/00001.ts");
     let mut bytes = std::fs::read(&part).unwrap();
     bytes[1000] ^= 0xff;
@@ -1265,25 +1272,10 @@ async fn part_changed_after_its_checkpoint_is_refused_by_the_stitch() {
 async fn exhausted_task_that_was_checkpointed_completes_its_job() {
     use async_nats::jetstream::{consumer::PullConsumer, AckKind};
     let f = Fixture::new().await;
-    let src = f.clip("in.mp4", 4.0, 320, 180);
-    let mut w = f.worker("w", &["--reconcile-interval", "0"]);
-    let spec = f.spec(
-        "lastgasp",
-        &src,
-        serde_json::json!([small("r180", 180, "ultrafast")]),
-        2.0,
-    );
-    f.client.submit(&spec).await.unwrap();
-    f.client
-        .wait("lastgasp", Some(Duration::from_secs(120)))
-        .await
-        .unwrap();
-    w.signal(libc::SIGKILL);
-    w.wait_exit(Duration::from_secs(10));
     // The job needs its stitch; the only message left is a copy of a part
     // that was checkpointed, whose every delivery died (here: this test
     // takes them and gives them back).
-    unstitch(&f, "lastgasp").await;
+    let src = done_then_unstitched(&f, "lastgasp").await;
     let rec = f.client.status("lastgasp").await.unwrap();
     let (spec_r, plan) = jetcode::dispatch::planned(&rec).unwrap();
     let part = jetcode::dispatch::work_tasks("lastgasp", spec_r, plan)
