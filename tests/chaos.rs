@@ -159,12 +159,13 @@ async fn frozen_worker_past_ack_wait_corrupts_and_duplicates_nothing() {
     c.submit(&job).await.unwrap();
     // Freeze it (and its child) mid-task, past the 10 s ack deadline.
     let mut evs = Box::pin(c.watch("thaw").await.unwrap());
-    tokio::time::timeout(Duration::from_secs(60), async {
+    let frozen_task = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(Ok(e)) = evs.next().await {
-            if matches!(e.kind, EventKind::TaskStarted { .. }) {
-                return;
+            if let EventKind::TaskStarted { task, .. } = e.kind {
+                return task;
             }
         }
+        panic!("events ended");
     })
     .await
     .expect("a task started");
@@ -178,7 +179,16 @@ async fn frozen_worker_past_ack_wait_corrupts_and_duplicates_nothing() {
     };
     stop_all(libc::SIGSTOP);
     let _rescuer = WorkerProc::start(&url, "rescuer", root.path(), &[], &[]);
-    tokio::time::sleep(jetcode::streams::TASK_ACK_WAIT + Duration::from_secs(5)).await;
+    // Frozen past its ack deadline: the rescuer takes the task over.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(Ok(e)) = evs.next().await {
+            if matches!(&e.kind, EventKind::TaskStarted { task, worker, .. } if worker == "rescuer" && *task == frozen_task) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the frozen worker's task is redelivered to the rescuer");
     // Thaw: its late completion and late ack must change nothing.
     stop_all(libc::SIGCONT);
     let rec = c

@@ -138,6 +138,10 @@ pub async fn heartbeat_loop(w: Arc<Worker>, stop: CancellationToken) {
         }
     }
     let Some(kv) = kv else { return };
+    if w.nats.connection_state() != async_nats::connection::State::Connected {
+        tracing::info!("heartbeat not deleted (NATS unreachable); it expires by itself");
+        return;
+    }
     match tokio::time::timeout(NATS_OP_BOUND, kv.delete(&w.id)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!("could not delete heartbeat (it expires by itself): {e}"),
@@ -271,5 +275,7 @@ pub async fn micro_service(w: Arc<Worker>, stop: CancellationToken) {
         let body = serde_json::to_vec(&hb).unwrap_or_default();
         let _ = req.respond(Ok(body.into())).await;
     }
-    let _ = tokio::time::timeout(NATS_OP_BOUND, service.stop()).await;
+    if w.nats.connection_state() == async_nats::connection::State::Connected {
+        let _ = tokio::time::timeout(NATS_OP_BOUND, service.stop()).await;
+    }
 }

@@ -364,10 +364,16 @@ pub async fn run_until(
     {
         tracing::warn!("background tasks did not stop within {SIDE_TASKS_BOUND:?}");
     }
-    match tokio::time::timeout(FLUSH_BOUND, nats.flush()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("final flush failed: {e}"),
-        Err(_) => tracing::warn!("final flush timed out after {FLUSH_BOUND:?} (NATS unreachable?)"),
+    if nats.connection_state() != async_nats::connection::State::Connected {
+        tracing::warn!("NATS unreachable: nothing more to flush");
+    } else {
+        match tokio::time::timeout(FLUSH_BOUND, nats.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("final flush failed: {e}"),
+            Err(_) => {
+                tracing::warn!("final flush timed out after {FLUSH_BOUND:?} (NATS unreachable?)")
+            }
+        }
     }
     tracing::info!("worker stopped");
     Ok(())

@@ -170,17 +170,19 @@ const NEWER_TASK_DELAY: Duration = Duration::from_secs(30);
 /// A task this worker cannot run is offered to others after about this long.
 const NOT_FOR_ME_DELAY: Duration = Duration::from_secs(5);
 
-/// Header counting how often a task was passed on by workers that could
-/// not run it.
-const HOPS_HEADER: &str = "Jetcode-Hops";
-/// Passes before the job fails: no worker of the fleet can run the task.
-const MAX_HOPS: u32 = 20;
+/// Header with the Unix time a task was first passed on by a worker that
+/// could not run it; kept on every later copy.
+const PASSED_SINCE_HEADER: &str = "Jetcode-Passed-Since";
+/// How long a task may be passed around before its job fails: long enough
+/// for the workers that can run it to finish long encodes in between.
+const PASS_ON_LIMIT: Duration = Duration::from_secs(3600);
 
 /// Offer a task this worker cannot run to the others without spending one
 /// of its deliveries (a nak would: five "not for me" naks would fail the
-/// job). Holds the slot for `delay` so this worker does not take it back at
-/// once, then hands it back as a fresh copy carrying a hop count; past
-/// [`MAX_HOPS`] the job fails with the reason.
+/// job). Holds the slot for about `delay` (so this worker does not take it
+/// back at once), then hands it back as a fresh copy stamped with when it
+/// was first passed on; after [`PASS_ON_LIMIT`] of that, no worker of the
+/// fleet can run it and the job fails with the reason.
 async fn pass_on(
     w: &Worker,
     msg: &jetstream::Message,
@@ -188,27 +190,20 @@ async fn pass_on(
     delay: Duration,
     reason: &str,
 ) {
-    let hops = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(HOPS_HEADER))
-        .and_then(|v| v.as_str().parse::<u32>().ok())
-        .unwrap_or(0)
-        + 1;
-    if hops > MAX_HOPS {
+    let since = passed_since(msg).unwrap_or_else(now);
+    if now() - since > PASS_ON_LIMIT.as_secs_f64() {
         if let Some(job) = job {
-            let why = format!("no worker could run a task after {MAX_HOPS} tries: {reason}");
+            let why = format!(
+                "no worker could run task for {} min: {reason}",
+                PASS_ON_LIMIT.as_secs() / 60
+            );
             let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
             fail_then_term(w, msg, job, &why, delivered).await;
             return;
         }
     }
-    // Hold it (progress-acked: the delay may exceed ack_wait), longer
-    // with every hop: the workers that can run it may all be busy with
-    // long encodes, and 20 hops must span more than their tasks (about an
-    // hour in all at the 5 s base).
-    let hold = (delay * 2u32.pow((hops - 1).min(6))).min(Duration::from_secs(300));
-    let until = tokio::time::Instant::now() + jitter(hold);
+    // Hold it (progress-acked: the hold may exceed ack_wait).
+    let until = tokio::time::Instant::now() + jitter(delay);
     while tokio::time::Instant::now() < until {
         let step = until.min(tokio::time::Instant::now() + crate::streams::PROGRESS_ACK_EVERY);
         tokio::select! {
@@ -217,7 +212,15 @@ async fn pass_on(
         }
         let _ = msg.ack_with(AckKind::Progress).await;
     }
-    hand_back_with(&w.js, msg, Some(hops)).await;
+    hand_back_with(&w.js, msg, Some(since)).await;
+}
+
+/// When the task was first passed on, from its header.
+fn passed_since(msg: &jetstream::Message) -> Option<f64> {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(PASSED_SINCE_HEADER))
+        .and_then(|v| v.as_str().parse().ok())
 }
 
 /// Backoff before retry `delivered + 1`: `--retry-backoff` (10 s) doubling
@@ -279,8 +282,18 @@ pub(super) async fn hand_back(js: &jetstream::Context, msg: &jetstream::Message)
     hand_back_with(js, msg, None).await
 }
 
-/// [`hand_back`], setting the hop count header when given.
-async fn hand_back_with(js: &jetstream::Context, msg: &jetstream::Message, hops: Option<u32>) {
+/// [`hand_back`], stamping when the task was first passed on, if it was.
+async fn hand_back_with(
+    js: &jetstream::Context,
+    msg: &jetstream::Message,
+    passed_since: Option<f64>,
+) {
+    if js.client().connection_state() != async_nats::connection::State::Connected {
+        // Nothing can be stored now; the ack deadline hands it to another
+        // worker. Waiting out the timeouts would only delay a shutdown.
+        tracing::warn!(subject = %msg.subject, "not handed back (NATS unreachable); its ack deadline will redeliver it");
+        return;
+    }
     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let original = msg
         .headers
@@ -293,14 +306,8 @@ async fn hand_back_with(js: &jetstream::Context, msg: &jetstream::Message, hops:
         async_nats::header::NATS_MESSAGE_ID,
         subjects::handback_msg_id(&original, seq).as_str(),
     );
-    let hops = hops.or_else(|| {
-        msg.headers
-            .as_ref()
-            .and_then(|h| h.get(HOPS_HEADER))
-            .and_then(|v| v.as_str().parse().ok())
-    });
-    if let Some(h) = hops {
-        headers.insert(HOPS_HEADER, h.to_string().as_str());
+    if let Some(t) = passed_since.or_else(|| self::passed_since(msg)) {
+        headers.insert(PASSED_SINCE_HEADER, format!("{t:.0}").as_str());
     }
     let copy = async {
         js.publish_with_headers(msg.subject.clone(), headers, msg.payload.clone())
