@@ -116,9 +116,11 @@ pub async fn heartbeat_loop(w: Arc<Worker>, stop: CancellationToken) {
                 None => Ok(()),
             }
         };
-        let result = tokio::time::timeout(NATS_OP_BOUND, put)
-            .await
-            .unwrap_or_else(|_| Err("timed out".into()));
+        let result = tokio::select! {
+            r = tokio::time::timeout(NATS_OP_BOUND, put) => r.unwrap_or_else(|_| Err("timed out".into())),
+            // Shutting down: a put stuck on a dead server must not hold it.
+            _ = stop.cancelled() => break,
+        };
         match result {
             Ok(()) => {
                 if failing {

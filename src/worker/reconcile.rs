@@ -154,7 +154,10 @@ impl Lease {
     }
 
     /// Hand the lease over at once on shutdown (bounded: it expires anyway).
-    async fn release(&self, _w: &Worker) {
+    async fn release(&self, w: &Worker) {
+        if w.nats.connection_state() != async_nats::connection::State::Connected {
+            return; // it expires by itself
+        }
         if let (Some(store), Some(rev)) = (&self.store, self.revision) {
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
