@@ -103,6 +103,9 @@ async fn handle(w: &Worker, a: &Advisory) -> Result<()> {
     if a.stream != subjects::TASKS_STREAM {
         return Ok(());
     }
+    // A checkpointed part's job, to check for completion once its dead
+    // message is out of the queue.
+    let mut completes = None;
     match Task::decode(&dead.payload) {
         Ok(task) => {
             // Its last delivery may have checkpointed before it died, or
@@ -113,7 +116,11 @@ async fn handle(w: &Worker, a: &Advisory) -> Result<()> {
             match record {
                 Some((rec, _)) if checkpointed && !rec.state.is_terminal() => {
                     tracing::info!(job = %task.job, task = %task.id, "dead task was checkpointed: completing instead of failing");
-                    tasks::after_checkpoint(w, &rec, &task).await?;
+                    if task.kind() == crate::subjects::TaskKind::Stitch {
+                        tasks::finish_job(w, &task).await?;
+                    } else {
+                        completes = Some(task.job.clone());
+                    }
                 }
                 _ => {
                     let reason = if a.terminated() {
@@ -141,5 +148,8 @@ async fn handle(w: &Worker, a: &Advisory) -> Result<()> {
         .delete_message(a.stream_seq)
         .await
         .map_err(|e| Error::js("delete dead task", e))?;
+    if let Some(job) = completes {
+        tasks::queue_stitch_if_complete(w, &job).await?;
+    }
     Ok(())
 }

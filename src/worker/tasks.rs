@@ -96,10 +96,9 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
     let outcome = match verdict {
         Verdict::Ack => {
             if msg.double_ack().await.is_ok() && kind != TaskKind::Stitch {
-                // Two last parts finishing together each see the other's
-                // message still queued and leave the stitch to it; after
-                // our ack, the later of the two sees none and queues it.
-                stitch_if_complete_after_ack(w, &task).await;
+                if let Err(e) = queue_stitch_if_complete(w, &task.job).await {
+                    tracing::warn!(job = %task.job, "completion check: {e}");
+                }
             }
             "ok"
         }
@@ -362,8 +361,10 @@ async fn run_task(
     if w.ledger.is_done(&task.job, &task.id).await? {
         // Already checkpointed (a redelivery after a crash before the ack,
         // or a late duplicate): nothing to redo, but the completion step
-        // after it may never have run.
-        after_checkpoint(w, &rec, task).await?;
+        // after it may never have run (for a part it runs after the ack).
+        if task.kind() == TaskKind::Stitch {
+            finish_job(w, task).await?;
+        }
         return Ok(Verdict::Ack);
     }
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
@@ -550,7 +551,9 @@ async fn run_task(
             },
         )
         .await;
-    after_checkpoint(w, &rec, task).await?;
+    if task.kind() == TaskKind::Stitch {
+        finish_job(w, task).await?;
+    }
     Ok(Verdict::Ack)
 }
 
@@ -623,54 +626,44 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// The completion step after a task's checkpoint exists. Safe to repeat:
-/// a part whose siblings are all done queues the stitch (its Msg-Id makes
-/// one message of concurrent calls); a checkpointed stitch ends the job
-/// done (a compare-and-set, then an idempotent announcement).
-pub(super) async fn after_checkpoint(w: &Worker, rec: &JobRecord, task: &Task) -> Result<()> {
-    if task.kind() == TaskKind::Stitch {
-        if let Ok(dir) = w.roots.output_dir(&task.output) {
-            remove_partials(&dir.join("parts"));
-        }
-        let rec = lifecycle::end(&w.ledger, &task.job, End::Done).await?;
-        if rec.state == JobState::Done {
-            tracing::info!(job = %task.job, seconds = rec.finished_at.unwrap_or_else(now) - rec.created_at, "job done");
-        }
+/// After the stitch's checkpoint: the job is done (a compare-and-set, then
+/// an idempotent announcement). Safe to repeat; a redelivered stitch whose
+/// checkpoint exists runs it again, so a job never stays running behind a
+/// finished stitch.
+pub(super) async fn finish_job(w: &Worker, task: &Task) -> Result<()> {
+    if let Ok(dir) = w.roots.output_dir(&task.output) {
+        remove_partials(&dir.join("parts"));
+    }
+    let rec = lifecycle::end(&w.ledger, &task.job, End::Done).await?;
+    if rec.state == JobState::Done {
+        tracing::info!(job = %task.job, seconds = rec.finished_at.unwrap_or_else(now) - rec.created_at, "job done");
+    }
+    Ok(())
+}
+
+/// After a part's message left the queue (acked, or deleted as dead):
+/// when no task message of the job is left and every part is checkpointed,
+/// queue the stitch (its Msg-Id makes one message of concurrent calls).
+/// O(1) on the common path: while other messages of the job are queued or
+/// in flight it cannot be complete, and listing every checkpoint per
+/// checkpoint would make a job O(tasks^2). Checking after the message is
+/// gone means the last of two parts finishing together always sees the
+/// end. A failure here is covered by the next copy of any task of the job,
+/// or by the reconciler.
+pub(super) async fn queue_stitch_if_complete(w: &Worker, job: &str) -> Result<()> {
+    let (queued_work, _) = dispatch::queued(&w.js, job).await?;
+    if queued_work > 0 {
         return Ok(());
     }
-    publish_stitch_if_complete(w, rec).await
-}
-
-/// The completion check again once our message is acked (best effort:
-/// the next copy or the reconciler covers a failure here).
-async fn stitch_if_complete_after_ack(w: &Worker, task: &Task) {
-    let check = async {
-        if let Some((rec, _)) = w.ledger.record(&task.job).await? {
-            if rec.state == JobState::Running {
-                publish_stitch_if_complete(w, &rec).await?;
-            }
-        }
-        Ok::<_, crate::error::Error>(())
+    let Some((rec, _)) = w.ledger.record(job).await? else {
+        return Ok(());
     };
-    if let Err(e) = check.await {
-        tracing::debug!(job = %task.job, "completion check after ack: {e}");
-    }
-}
-
-/// Whoever sees every segment/audio checkpoint queues the stitch.
-async fn publish_stitch_if_complete(w: &Worker, rec: &JobRecord) -> Result<()> {
-    // O(1) on the common path: while other task messages of this job are
-    // still queued or in flight (ours is there until we ack), it cannot be
-    // complete, and listing every checkpoint (O(tasks)) per checkpoint
-    // would make a job O(tasks^2). A copy that finds its checkpoint, or
-    // the reconciler, repeats this check if a duplicate hid the end.
-    let (queued_work, _) = dispatch::queued(&w.js, &rec.id).await?;
-    if queued_work > 1 {
+    if rec.state != JobState::Running {
         return Ok(());
     }
     let done = w
         .ledger
-        .done_tasks(&rec.id)
+        .done_tasks(job)
         .await?
         .into_iter()
         .filter(|t| t != STITCH_TASK_ID)
@@ -678,11 +671,11 @@ async fn publish_stitch_if_complete(w: &Worker, rec: &JobRecord) -> Result<()> {
     if done < rec.tasks_total as usize {
         return Ok(());
     }
-    let (spec, plan) = dispatch::planned(rec)?;
-    let stitch = dispatch::stitch_task(&rec.id, spec, plan)?;
+    let (spec, plan) = dispatch::planned(&rec)?;
+    let stitch = dispatch::stitch_task(job, spec, plan)?;
     let tag = dispatch::generation_tag(rec.generation);
     dispatch::publish(&w.js, &[stitch], tag.as_deref()).await?;
-    tracing::info!(job = %rec.id, "all parts done: stitch queued");
+    tracing::info!(job, "all parts done: stitch queued");
     Ok(())
 }
 
