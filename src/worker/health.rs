@@ -140,7 +140,7 @@ pub async fn heartbeat_loop(w: Arc<Worker>, stop: CancellationToken) {
         }
     }
     let Some(kv) = kv else { return };
-    if w.nats.connection_state() != async_nats::connection::State::Connected {
+    if !super::connected(&w.nats) {
         tracing::info!("heartbeat not deleted (NATS unreachable); it expires by itself");
         return;
     }
@@ -187,7 +187,7 @@ pub async fn http_loop(
             };
             let req = String::from_utf8_lossy(&head);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
-            let connected = w.nats.connection_state() == async_nats::connection::State::Connected;
+            let connected = super::connected(&w.nats);
             let (code, body, ctype) = match path {
                 // Liveness: this process answers. A NATS outage is a
                 // readiness matter; restarting the worker would not fix it
@@ -277,7 +277,7 @@ pub async fn micro_service(w: Arc<Worker>, stop: CancellationToken) {
         let body = serde_json::to_vec(&hb).unwrap_or_default();
         let _ = req.respond(Ok(body.into())).await;
     }
-    if w.nats.connection_state() == async_nats::connection::State::Connected {
+    if super::connected(&w.nats) {
         let _ = tokio::time::timeout(NATS_OP_BOUND, service.stop()).await;
     }
 }

@@ -96,6 +96,14 @@ impl WorkerArgs {
     }
 }
 
+/// True while `client` is connected. On the way out, steps that need the
+/// server are skipped when it is not: waiting out their timeouts would only
+/// delay the exit, and what they would do (a hand-back, a heartbeat delete)
+/// happens anyway through ack deadlines and max ages.
+pub(crate) fn connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
 /// Consecutive tasks this worker could not run before it reports not ready.
 pub(crate) const LOCAL_FAILURES_UNREADY: u32 = 3;
 
@@ -364,7 +372,7 @@ pub async fn run_until(
     {
         tracing::warn!("background tasks did not stop within {SIDE_TASKS_BOUND:?}");
     }
-    if nats.connection_state() != async_nats::connection::State::Connected {
+    if !connected(&nats) {
         tracing::warn!("NATS unreachable: nothing more to flush");
     } else {
         match tokio::time::timeout(FLUSH_BOUND, nats.flush()).await {

@@ -27,7 +27,7 @@ pub(super) async fn planner_loop(w: Arc<Worker>, consumer: PullConsumer) {
                 let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
                 give_up(&w, &msg.payload, seq, delivered - 1).await
             } else {
-                plan_one(&w, &msg).await
+                supervise::keep_ours(&msg, plan_one(&w, &msg)).await
             };
             match handled {
                 Ok(()) => {
@@ -84,7 +84,6 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
             total: PROBE_TIMEOUT,
             memory: w.args.child_memory(),
         },
-        msg: Some(msg),
         stop: w.abort.child_token(),
         on_frames: &|_| {},
     })

@@ -155,7 +155,7 @@ impl Lease {
 
     /// Hand the lease over at once on shutdown (bounded: it expires anyway).
     async fn release(&self, w: &Worker) {
-        if w.nats.connection_state() != async_nats::connection::State::Connected {
+        if !super::connected(&w.nats) {
             return; // it expires by itself
         }
         if let (Some(store), Some(rev)) = (&self.store, self.revision) {

@@ -52,8 +52,6 @@ pub struct ChildSpec<'a> {
     /// The work order JSON passed as `--task`.
     pub work: String,
     pub limits: Limits,
-    /// Progress acks go to this message while frames advance.
-    pub msg: Option<&'a jetstream::Message>,
     pub stop: CancellationToken,
     /// Called with each increase in frames done.
     pub on_frames: &'a (dyn Fn(u64) + Send + Sync),
@@ -152,7 +150,6 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
     let mut last: Option<ChildLine> = None;
     let mut done_so_far = 0u64;
     let mut last_advance = Instant::now();
-    let mut next_progress_ack = tokio::time::Instant::now() + PROGRESS_ACK_EVERY;
     let deadline = tokio::time::Instant::now() + spec.limits.total;
     let killed_for = loop {
         let stall_at = tokio::time::Instant::from_std(last_advance + spec.limits.stall);
@@ -177,15 +174,6 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
                 // stdout closed: the child is exiting.
                 Ok(None) | Err(_) => break None,
             },
-            // Keep the message ours while the child lives, frames or not
-            // (a probe reports none; an encoder's first frame can take
-            // longer than ack_wait). Hangs are the stall timer's job.
-            _ = tokio::time::sleep_until(next_progress_ack), if spec.msg.is_some() => {
-                if let Some(msg) = spec.msg {
-                    let _ = msg.ack_with(AckKind::Progress).await;
-                }
-                next_progress_ack = tokio::time::Instant::now() + PROGRESS_ACK_EVERY;
-            }
             _ = tokio::time::sleep_until(stall_at) => {
                 metrics::counter!(crate::metrics::STALLS).increment(1);
                 break Some(format!("stalled: no progress for {:?}", spec.limits.stall));
@@ -229,6 +217,27 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
                 "media child killed by signal {}{limit_note}: {tail}",
                 status.signal().unwrap_or(0)
             ))
+        }
+    }
+}
+
+/// Run `work` while telling the server every [`PROGRESS_ACK_EVERY`] that
+/// `msg` is still being worked on, so its ack deadline (10 s) measures
+/// whether this worker is alive, not how long the work takes: a child
+/// whose first frame is slow, a probe that reports no frames, a stitch
+/// verifying parts, a task held before it is handed on. Hangs are the
+/// stall and total timers' job.
+pub async fn keep_ours<T>(
+    msg: &jetstream::Message,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tokio::time::sleep(PROGRESS_ACK_EVERY) => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
         }
     }
 }

@@ -72,19 +72,9 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
     };
     let kind = task.kind();
     let token = w.job_token(&task.job);
-    // Keep the message ours for the whole task, not only while a child
-    // runs: verifying a long job's parts or hashing a big part can take
-    // longer than ack_wait.
-    let work = run_task(w, &msg, &task, token.clone());
-    tokio::pin!(work);
-    let result = loop {
-        tokio::select! {
-            r = &mut work => break r,
-            _ = tokio::time::sleep(crate::streams::PROGRESS_ACK_EVERY) => {
-                let _ = msg.ack_with(AckKind::Progress).await;
-            }
-        }
-    };
+    // Ours for the whole task, not only while a child runs: verifying a
+    // long job's parts or hashing a big part can take longer than ack_wait.
+    let result = supervise::keep_ours(&msg, run_task(w, &msg, &task, token.clone())).await;
     let verdict = match result {
         Ok(v) => v,
         Err(e) => Verdict::Retry(e.to_string()),
@@ -201,16 +191,14 @@ async fn pass_on(
             return;
         }
     }
-    // Hold it (progress-acked: the hold may exceed ack_wait).
-    let until = tokio::time::Instant::now() + jitter(delay);
-    while tokio::time::Instant::now() < until {
-        let step = until.min(tokio::time::Instant::now() + crate::streams::PROGRESS_ACK_EVERY);
+    // Hold it (kept ours: the hold may exceed ack_wait).
+    let hold = async {
         tokio::select! {
-            _ = tokio::time::sleep_until(step) => {}
-            _ = w.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(jitter(delay)) => {}
+            _ = w.shutdown.cancelled() => {}
         }
-        let _ = msg.ack_with(AckKind::Progress).await;
-    }
+    };
+    supervise::keep_ours(msg, hold).await;
     hand_back_with(&w.js, msg, Some(since)).await;
 }
 
@@ -245,8 +233,8 @@ fn jitter(d: Duration) -> Duration {
 /// Fail the job, and only once that is recorded terminate the message.
 /// The server drops a terminated message from the work queue before its
 /// advisory is handled, so terminating an unrecorded failure would leave
-/// the job running with no task left. Otherwise nak: the next delivery (or
-/// the MAX_DELIVERIES advisory) records it.
+/// the job running with no task left. Otherwise nak: the next delivery
+/// records it.
 async fn fail_then_term(
     w: &Worker,
     msg: &jetstream::Message,
@@ -273,8 +261,8 @@ async fn fail_then_term(
 
 /// Give a task to another worker now, without spending one of its
 /// deliveries. JetStream counts a nak as a delivery, so a task handed back
-/// by draining workers (scale-down) `max_deliver` times would be
-/// dead-lettered although it never failed. A fresh copy starts at zero; the
+/// by draining workers (scale-down) 5 times would use up its attempt
+/// budget although it never failed. A fresh copy starts at zero; the
 /// original is acked only once the copy is stored. A crash in between
 /// leaves both, and running a task twice is harmless (checkpoints).
 pub(super) async fn hand_back(js: &jetstream::Context, msg: &jetstream::Message) {
@@ -287,7 +275,7 @@ async fn hand_back_with(
     msg: &jetstream::Message,
     passed_since: Option<f64>,
 ) {
-    if js.client().connection_state() != async_nats::connection::State::Connected {
+    if !super::connected(&js.client()) {
         // Nothing can be stored now; the ack deadline hands it to another
         // worker. Waiting out the timeouts would only delay a shutdown.
         tracing::warn!(subject = %msg.subject, "not handed back (NATS unreachable); its ack deadline will redeliver it");
@@ -438,25 +426,6 @@ async fn run_task(
                 renditions,
                 formats,
             } => {
-                // Bounded: hung storage must not hold the stitch (kept
-                // ours by progress acks) forever.
-                let bound = Duration::from_secs_f64(
-                    (plan.segments.last().map_or(0.0, |s| s.end_ns as f64 / 1e9)
-                        * w.args.task_timeout_factor)
-                        .max(300.0),
-                );
-                match tokio::time::timeout(bound, verify_parts(w, &rec, &out_dir)).await {
-                    Ok(verified) => {
-                        if let Err(reason) = verified? {
-                            return Ok(Verdict::Fail(reason));
-                        }
-                    }
-                    Err(_) => {
-                        return Ok(Verdict::Retry(format!(
-                            "verifying the parts took over {bound:?}"
-                        )))
-                    }
-                }
                 let work = StitchWork {
                     output_dir: out_dir.clone(),
                     plan: plan.clone(),
@@ -472,6 +441,23 @@ async fn run_task(
         total: Duration::from_secs_f64((seconds * w.args.task_timeout_factor).max(300.0)),
         memory: w.args.child_memory(),
     };
+    if kind == "stitch" {
+        // Bounded like the child: hung storage must not hold the stitch
+        // (kept ours by progress acks) forever.
+        match tokio::time::timeout(limits.total, verify_parts(w, &rec, &out_dir)).await {
+            Ok(verified) => {
+                if let Err(reason) = verified? {
+                    return Ok(Verdict::Fail(reason));
+                }
+            }
+            Err(_) => {
+                return Ok(Verdict::Retry(format!(
+                    "verifying the parts took over {:?}",
+                    limits.total
+                )))
+            }
+        }
+    }
     let frames_counter = &w.frames;
     let on_frames = move |n: u64| {
         frames_counter.fetch_add(n, Ordering::Relaxed);
@@ -488,7 +474,6 @@ async fn run_task(
         kind,
         work,
         limits,
-        msg: Some(msg),
         stop: stop.clone(),
         on_frames: &on_frames,
     })
