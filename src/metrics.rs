@@ -20,6 +20,9 @@ pub const JOBS_PLANNED: &str = "jetcode_jobs_planned_total";
 pub const RECONCILE_SECONDS: &str = "jetcode_reconcile_sweep_seconds";
 /// Stranded jobs the reconciler moved on by requeueing work.
 pub const RECONCILE_REPAIRS: &str = "jetcode_reconcile_repairs_total";
+/// Times a worker listed a job's checkpoints to see whether its parts are
+/// all done. Kept to about one per job by counting its queued tasks first.
+pub const COMPLETION_SCANS: &str = "jetcode_completion_scans_total";
 
 pub const LABEL_KIND: &str = "kind";
 pub const LABEL_OUTCOME: &str = "outcome";
@@ -42,6 +45,10 @@ pub fn describe() {
         RECONCILE_SECONDS,
         metrics::Unit::Seconds,
         "Duration of a reconciler sweep over running jobs"
+    );
+    metrics::describe_counter!(
+        COMPLETION_SCANS,
+        "Listings of a job's checkpoints to check for completion"
     );
     metrics::describe_counter!(
         RECONCILE_REPAIRS,

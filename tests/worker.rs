@@ -632,8 +632,21 @@ async fn task_that_exhausts_its_deliveries_fails_the_job() {
         JobState::Running,
         "the server gives up on nothing: the next delivery goes to a live worker"
     );
-    // A live worker gets the next delivery, and fails the job for it.
-    let _live = f.worker("live", &[]);
+    // A live worker gets the next delivery, and fails the job for it. Its
+    // first attempt to record the failure fails: the task must stay queued
+    // (nak, not term) until the failure is on record. Terminated at once,
+    // it would vanish, and the job would be resumed (done), not failed.
+    let marker = f.root().join("record-failure.marker");
+    let _live = WorkerProc::start(
+        &f.server.url(),
+        "live",
+        f.root(),
+        &["--retry-backoff", "0.2"],
+        &[(
+            "JETCODE_FAILPOINT_RECORD_FAILURE_ONCE",
+            marker.to_str().unwrap(),
+        )],
+    );
     wait_for(Duration::from_secs(60), "job failed", || async {
         f.client
             .status("doomed")
@@ -643,12 +656,15 @@ async fn task_that_exhausts_its_deliveries_fails_the_job() {
     })
     .await;
     let rec = f.client.status("doomed").await.unwrap();
+    assert!(marker.exists(), "the failpoint fired");
     assert_eq!(rec.state, JobState::Failed);
     let reason = rec.error.unwrap_or_default();
+    // 5 deliveries used up here, and one more spent by the failed record
+    // write.
     assert!(
         reason.contains(&format!(
             "delivered {} times",
-            jetcode::streams::TASK_MAX_DELIVER
+            jetcode::streams::TASK_MAX_DELIVER + 1
         )),
         "{reason}"
     );
@@ -1332,7 +1348,7 @@ async fn stitch_phase_without_frames_is_not_killed_as_stalled() {
         "patient",
         f.root(),
         &["--stall-timeout", "3", "--retry-backoff", "60"],
-        &[("JETCODE_FAILPOINT_SLOW_IO", "8")],
+        &[("JETCODE_FAILPOINT_SLOW", "stitch:8")],
     );
     let spec = f.spec(
         "slowstitch",
@@ -1353,4 +1369,137 @@ async fn stitch_phase_without_frames_is_not_killed_as_stalled() {
             .all(|e| !matches!(&e.kind, EventKind::Retried { .. })),
         "nothing retried: {evs:?}"
     );
+}
+
+/// Completion detection costs about one checkpoint listing per job, not
+/// one per task: a worker counts the job's queued tasks first (O(1)) and
+/// lists checkpoints only when none is left. Listing after every part
+/// would read tasks² keys over a 2,880-task job.
+#[tokio::test(flavor = "multi_thread")]
+async fn completion_check_lists_checkpoints_about_once_per_job() {
+    let f = Fixture::new().await;
+    let src = f.clip("in.mp4", 24.0, 320, 180);
+    let _w = f.worker("one-slot", &["--slots", "1"]);
+    let spec = f.spec(
+        "many",
+        &src,
+        serde_json::json!([small("r120", 120, "ultrafast")]),
+        2.0,
+    );
+    f.client.submit(&spec).await.unwrap();
+    let rec = f
+        .client
+        .wait("many", Some(Duration::from_secs(180)))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, JobState::Done);
+    assert!(rec.tasks_total >= 12, "{} tasks", rec.tasks_total);
+    let hb = f.client.workers().await.unwrap().remove(0);
+    let port: u16 = hb
+        .health
+        .as_deref()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("heartbeat names the health address");
+    let (_, body) = http_get(port, "/metrics");
+    let scans: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("jetcode_completion_scans_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no completion scan counted: {body}"));
+    assert!(
+        (1..=2).contains(&scans),
+        "{scans} checkpoint listings for {} tasks",
+        rec.tasks_total
+    );
+}
+
+/// SIGTERM while a job is being planned: the drain lets the probe finish
+/// and the plan land, instead of dropping the work for another worker to
+/// probe again.
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_waits_for_a_plan_in_progress() {
+    let f = Fixture::new().await;
+    let src = f.clip("slow-probe.mp4", 4.0, 320, 180);
+    let mut w = WorkerProc::start(
+        &f.server.url(),
+        "planner",
+        f.root(),
+        &["--slots", "0", "--drain-timeout", "20"],
+        &[("JETCODE_FAILPOINT_SLOW", "probe:3")],
+    );
+    f.client
+        .submit(&f.spec(
+            "planned-on-drain",
+            &src,
+            serde_json::json!(["h264-240p"]),
+            2.0,
+        ))
+        .await
+        .unwrap();
+    let needle = src.display().to_string();
+    wait_until(Duration::from_secs(30), "the probe running", || {
+        !processes_mentioning(&needle).is_empty()
+    });
+    w.signal(libc::SIGTERM);
+    assert!(w.wait_exit(Duration::from_secs(40)).success());
+    let rec = f.client.status("planned-on-drain").await.unwrap();
+    assert!(rec.plan.is_some(), "planned before exit: {rec:?}");
+}
+
+/// A dead-letter advisory for a task of a job that has no record (purged
+/// by hand) cannot be handled, ever: it is dropped after a bounded number
+/// of tries instead of being redelivered forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letter_of_an_unknown_job_is_dropped_after_bounded_tries() {
+    use async_nats::jetstream;
+    use jetcode::subjects;
+    let f = Fixture::new().await;
+    let _w = f.worker("dead-letters", &["--slots", "0"]);
+    let js = jetstream::new(f.client.nats().clone());
+    let seq = js
+        .publish(
+            subjects::task(subjects::TaskKind::Segment, "ghost"),
+            "not a task".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    let advisory = serde_json::json!({
+        "type": "io.nats.jetstream.advisory.v1.max_deliver",
+        "stream": subjects::TASKS_STREAM,
+        "stream_seq": seq,
+        "deliveries": 5,
+    });
+    js.publish(
+        subjects::dead_letter_subjects()[0].clone(),
+        advisory.to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(60), "the advisory dropped", || {
+        let js = js.clone();
+        async move {
+            let Ok(mut c) = js
+                .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
+                    subjects::DEAD_LETTER_CONSUMER,
+                    subjects::DEAD_STREAM,
+                )
+                .await
+            else {
+                return false;
+            };
+            c.info().await.is_ok_and(|i| {
+                i.num_pending == 0 && i.num_ack_pending == 0 && i.ack_floor.stream_sequence >= 1
+            })
+        }
+    })
+    .await;
+    // Still on record in the dead-letter stream; only the asking stopped.
+    let mut dead = js.get_stream(subjects::DEAD_STREAM).await.unwrap();
+    assert_eq!(dead.info().await.unwrap().state.messages, 1);
 }

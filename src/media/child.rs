@@ -104,7 +104,7 @@ fn dispatch(kind: &str, task_json: &str) -> Result<(u64, serde_json::Value), Med
             // report liveness from this process's I/O instead.
             report_io_liveness();
             let work: StitchWork = parse(task_json)?;
-            slow_io_failpoint(&work.output_dir);
+            slow_failpoint("stitch", Some(&work.output_dir));
             let total = work.plan.frames * work.renditions.len() as u64;
             let manifest = stitch::stitch(&work, &mut |done, fps| {
                 emit(&ChildLine::Progress { done, total, fps })
@@ -113,6 +113,7 @@ fn dispatch(kind: &str, task_json: &str) -> Result<(u64, serde_json::Value), Med
         }
         "probe" => {
             let path: PathBuf = parse(task_json)?;
+            slow_failpoint("probe", None);
             let facts = probe::probe(&path)?;
             Ok((facts.frames, to_value(&facts)?))
         }
@@ -163,24 +164,30 @@ fn report_io_liveness() {
         });
 }
 
-/// Fault injection for tests: `JETCODE_FAILPOINT_SLOW_IO=<seconds>` makes a
-/// stitch spend that long writing scratch data before it starts, as a
-/// faststart rewrite or a hash of a huge output does: I/O, but no frames.
-fn slow_io_failpoint(dir: &std::path::Path) {
-    let Some(secs) = std::env::var("JETCODE_FAILPOINT_SLOW_IO")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-    else {
+/// Fault injection for tests: `JETCODE_FAILPOINT_SLOW=<kind>:<seconds>`
+/// makes a child of that kind spend that long before its real work: a
+/// stitch writes scratch data meanwhile in `dir`, as a faststart rewrite or
+/// a hash of a huge output does (I/O, but no frames); a probe just waits,
+/// as one reading a huge file over a slow mount does.
+fn slow_failpoint(kind: &str, dir: Option<&std::path::Path>) {
+    let Some(secs) = std::env::var("JETCODE_FAILPOINT_SLOW").ok().and_then(|v| {
+        let (k, secs) = v.split_once(':')?;
+        (k == kind).then(|| secs.parse::<f64>().ok())?
+    }) else {
         return;
     };
-    let path = dir.join(format!(".slow-io-{}", util::unique_tag()));
     let until = Instant::now() + std::time::Duration::from_secs_f64(secs);
+    let path = dir.map(|d| d.join(format!(".slow-io-{}", util::unique_tag())));
     let block = vec![0u8; 64 * 1024];
     while Instant::now() < until {
-        let _ = std::fs::write(&path, &block);
+        if let Some(path) = &path {
+            let _ = std::fs::write(path, &block);
+        }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let _ = std::fs::remove_file(&path);
+    if let Some(path) = &path {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Print one line; stdout is the channel to the worker, flush per line.

@@ -119,31 +119,17 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
     let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return transient("media child has no pipes".into());
     };
-    // Keep the tail of stderr for the failure reason.
-    // Keep only the last STDERR_KEEP bytes: a chatty or looping child must
-    // not grow the worker's memory without bound.
+    // The last line of stderr is the failure reason.
     let stderr_tail = tokio::spawn(async move {
-        let mut buf = Vec::with_capacity(STDERR_KEEP);
+        let mut tail = StderrTail::default();
         let mut chunk = [0u8; 8192];
         loop {
             match stderr.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() > STDERR_KEEP {
-                        buf.drain(..buf.len() - STDERR_KEEP);
-                    }
-                }
+                Ok(n) => tail.push(&chunk[..n]),
             }
         }
-        let text = String::from_utf8_lossy(&buf);
-        text.lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .chars()
-            .take(300)
-            .collect::<String>()
+        tail.last_line()
     });
 
     let mut lines = BufReader::new(stdout).lines();
@@ -242,6 +228,35 @@ pub async fn keep_ours<T>(
     }
 }
 
+/// The end of a child's stderr. Only the last [`STDERR_KEEP`] bytes are
+/// kept: a chatty or looping child must not grow the worker's memory
+/// without bound.
+#[derive(Default)]
+struct StderrTail {
+    buf: Vec<u8>,
+}
+
+impl StderrTail {
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() > STDERR_KEEP {
+            self.buf.drain(..self.buf.len() - STDERR_KEEP);
+        }
+    }
+
+    /// The last non-empty line, at most 300 characters.
+    fn last_line(&self) -> String {
+        String::from_utf8_lossy(&self.buf)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect()
+    }
+}
+
 /// Fault injection for tests: `JETCODE_FAILPOINT_STALL_ONCE=<kind>:<marker
 /// file>` makes the first child of that kind (the one that creates the
 /// marker) hang without progress, as a stuck decoder would.
@@ -263,5 +278,28 @@ fn transient(reason: String) -> Outcome {
     Outcome::Failed {
         reason,
         permanent: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stderr_tail_is_bounded_and_keeps_the_last_line() {
+        let mut tail = StderrTail::default();
+        let noise = "0:00:01.000 WARN  chatty element: still here\n".repeat(200);
+        for _ in 0..200 {
+            tail.push(noise.as_bytes());
+            assert!(
+                tail.buf.len() <= STDERR_KEEP,
+                "{} bytes kept",
+                tail.buf.len()
+            );
+        }
+        tail.push(b"ERROR: decoder gave up\n\n   \n");
+        assert_eq!(tail.last_line(), "ERROR: decoder gave up");
+        tail.push(&[b'x'; 1000]);
+        assert_eq!(tail.last_line().len(), 300);
     }
 }

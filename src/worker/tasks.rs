@@ -14,7 +14,7 @@ use async_nats::jetstream::{self, AckKind};
 use super::supervise::{self, ChildSpec, Limits, Outcome};
 use super::Worker;
 use crate::dispatch;
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::lifecycle::{self, End};
 use crate::metrics as m;
 use crate::record::{now, EventKind, JobRecord, JobState, TaskDone};
@@ -242,7 +242,15 @@ async fn fail_then_term(
     reason: &str,
     delivered: i64,
 ) {
-    match lifecycle::end(&w.ledger, job, End::Failed(reason.to_string())).await {
+    let recorded = if record_failure_failpoint() {
+        Err(Error::new(
+            ErrorKind::JetStream,
+            "failpoint: the failure record write failed",
+        ))
+    } else {
+        lifecycle::end(&w.ledger, job, End::Failed(reason.to_string())).await
+    };
+    match recorded {
         Ok(_) => {
             tracing::error!(job, "job failed: {reason}");
             let _ = msg.ack_with(AckKind::Term).await;
@@ -257,6 +265,21 @@ async fn fail_then_term(
                 .await;
         }
     }
+}
+
+/// Fault injection for tests: `JETCODE_FAILPOINT_RECORD_FAILURE_ONCE=<marker
+/// file>` makes the first attempt to record a job's failure (the one that
+/// creates the marker) fail, as a KV write during a leader election does.
+fn record_failure_failpoint() -> bool {
+    std::env::var("JETCODE_FAILPOINT_RECORD_FAILURE_ONCE")
+        .ok()
+        .is_some_and(|marker| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(marker)
+                .is_ok()
+        })
 }
 
 /// Give a task to another worker now, without spending one of its
@@ -646,6 +669,7 @@ pub(super) async fn queue_stitch_if_complete(w: &Worker, job: &str) -> Result<()
     if rec.state != JobState::Running {
         return Ok(());
     }
+    metrics::counter!(m::COMPLETION_SCANS).increment(1);
     let done = w
         .ledger
         .done_tasks(job)
