@@ -58,6 +58,9 @@ async fn kill9_workers_and_restart_nats_mid_job_every_job_ends_exact() {
         )
     };
     let mut workers: Vec<WorkerProc> = (0..3).map(start).collect();
+    let mut names: Vec<String> = (0..3).map(|n| format!("w{n}")).collect();
+    // Worker id -> unix time of its kill -9.
+    let mut killed_at: HashMap<String, f64> = HashMap::new();
     let mut next_id = 3;
     let jobs = ["chaos-a", "chaos-b"];
     {
@@ -91,8 +94,10 @@ async fn kill9_workers_and_restart_nats_mid_job_every_job_ends_exact() {
         if last_kill.elapsed() > Duration::from_millis(1500) && kills < 8 {
             let victim = kills % workers.len();
             workers[victim].signal(libc::SIGKILL);
+            killed_at.insert(names[victim].clone(), unix_now());
             workers[victim].wait_exit(Duration::from_secs(10));
             workers[victim] = start(next_id);
+            names[victim] = format!("w{next_id}");
             next_id += 1;
             kills += 1;
             last_kill = Instant::now();
@@ -106,6 +111,7 @@ async fn kill9_workers_and_restart_nats_mid_job_every_job_ends_exact() {
     }
     let c = client(&url).await.unwrap();
     let mut redeliveries = 0;
+    let mut lost = LostWork::default();
     for j in jobs {
         let rec = c.status(j).await.unwrap();
         assert_eq!(rec.state, JobState::Done, "{j}: {:?}", rec.error);
@@ -135,6 +141,7 @@ async fn kill9_workers_and_restart_nats_mid_job_every_job_ends_exact() {
             }
         }
         redeliveries += starts.values().map(|n| n - 1).sum::<u64>();
+        lost.add(&evs, &killed_at);
     }
     // The same job without faults: x264 and the TS muxer are deterministic
     // for the same settings on the same machine, so every part (and the
@@ -169,6 +176,81 @@ async fn kill9_workers_and_restart_nats_mid_job_every_job_ends_exact() {
         jobs.len(),
         t0.elapsed().as_secs_f64()
     );
+    eprintln!(
+        "chaos: encode work lost to kills: {:.1} s of child time over {} interrupted attempts ({:.2} s per kill; {:.1} s of useful encode in all); kill -> redelivery: median {:.1} s, max {:.1} s",
+        lost.seconds,
+        lost.attempts,
+        lost.seconds / kills.max(1) as f64,
+        lost.useful,
+        median(&mut lost.redelivery.clone()),
+        lost.redelivery.iter().cloned().fold(0.0, f64::max),
+    );
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Encode work the kills threw away, read from a job's events: an attempt
+/// that started on a worker later killed, and that worker never finished
+/// nor retried it, ran from its start until the kill.
+#[derive(Default)]
+struct LostWork {
+    /// Child seconds of interrupted attempts.
+    seconds: f64,
+    attempts: usize,
+    /// Child seconds of attempts that finished.
+    useful: f64,
+    /// Seconds from a kill to the next start of each task it interrupted.
+    redelivery: Vec<f64>,
+}
+
+impl LostWork {
+    fn add(&mut self, evs: &[Event], killed_at: &HashMap<String, f64>) {
+        for (i, e) in evs.iter().enumerate() {
+            match &e.kind {
+                EventKind::TaskDone { seconds, .. } => self.useful += seconds,
+                EventKind::TaskStarted { task, worker, .. } => {
+                    let Some(&kill) = killed_at.get(worker) else {
+                        continue;
+                    };
+                    let later = &evs[i + 1..];
+                    let ended_here = later.iter().any(|l| match &l.kind {
+                        EventKind::TaskDone {
+                            task: t, worker: w, ..
+                        }
+                        | EventKind::Retried {
+                            task: t, worker: w, ..
+                        } => t == task && w == worker,
+                        _ => false,
+                    });
+                    if ended_here || kill < e.time {
+                        continue;
+                    }
+                    self.seconds += kill - e.time;
+                    self.attempts += 1;
+                    if let Some(next) = later.iter().find(|l| {
+                        matches!(&l.kind, EventKind::TaskStarted { task: t, .. } if t == task)
+                            && l.time >= kill
+                    }) {
+                        self.redelivery.push(next.time - kill);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
