@@ -179,10 +179,13 @@ async fn main() -> Res<()> {
         fps_num: whole.fps_num,
         fps_den: whole.fps_den,
         pts_offset_ns: whole.pts_offset_ns,
+        min_frame_ns: whole.min_frame_ns,
+        orientation: whole.orientation.clone(),
     };
     let audio = AudioWork {
         input: src.clone(),
         output: single_dir.join(AUDIO_PART_KEY),
+        stream: whole.audio_stream.clone(),
     };
     let cpu0 = children_cpu();
     let t0 = Instant::now();

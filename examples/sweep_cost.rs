@@ -37,6 +37,7 @@ async fn main() -> Res<()> {
         first_pts_ns: 0,
         pts_offset_ns: 0,
         audio: None,
+        ..Default::default()
     };
     let p = plan(
         &facts,

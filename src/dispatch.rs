@@ -5,7 +5,7 @@
 use async_nats::jetstream;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::job::JobSpec;
+use crate::job::{JobSpec, Rendition};
 use crate::plan::Plan;
 use crate::record::JobRecord;
 use crate::subjects;
@@ -16,7 +16,7 @@ use crate::task::{Task, TaskBody, AUDIO_TASK_ID, STITCH_TASK_ID, TASK_VERSION};
 /// segments in time order with renditions interleaved, so the first minutes
 /// of every rendition are ready first.
 pub fn work_tasks(id: &str, spec: &JobSpec, plan: &Plan) -> Result<Vec<Task>> {
-    let renditions = spec.resolved_renditions()?;
+    let renditions = renditions(spec, plan)?;
     let mut tasks = Vec::with_capacity(plan.segments.len() * renditions.len() + 1);
     let task = |tid: String, body: TaskBody| Task {
         v: TASK_VERSION,
@@ -27,7 +27,12 @@ pub fn work_tasks(id: &str, spec: &JobSpec, plan: &Plan) -> Result<Vec<Task>> {
         body,
     };
     if plan.has_audio {
-        tasks.push(task(AUDIO_TASK_ID.into(), TaskBody::Audio));
+        tasks.push(task(
+            AUDIO_TASK_ID.into(),
+            TaskBody::Audio {
+                stream: plan.audio_stream.clone(),
+            },
+        ));
     }
     for s in &plan.segments {
         for r in &renditions {
@@ -39,6 +44,8 @@ pub fn work_tasks(id: &str, spec: &JobSpec, plan: &Plan) -> Result<Vec<Task>> {
                     fps_num: plan.fps_num,
                     fps_den: plan.fps_den,
                     pts_offset_ns: plan.pts_offset_ns,
+                    min_frame_ns: plan.min_frame_ns,
+                    orientation: plan.orientation.clone(),
                 },
             ));
         }
@@ -56,10 +63,29 @@ pub fn stitch_task(id: &str, spec: &JobSpec, plan: &Plan) -> Result<Task> {
         output: spec.output.clone(),
         body: TaskBody::Stitch {
             plan: plan.clone(),
-            renditions: spec.resolved_renditions()?,
+            renditions: renditions(spec, plan)?,
             formats: spec.formats.clone(),
         },
     })
+}
+
+/// The renditions that run, each at its planned size (the plan's ladder
+/// drops rungs above the source and fits the rest in their boxes). Plans
+/// from before the ladder run the spec's renditions as given.
+pub fn renditions(spec: &JobSpec, plan: &Plan) -> Result<Vec<Rendition>> {
+    let all = spec.resolved_renditions()?;
+    if plan.ladder.is_empty() {
+        return Ok(all);
+    }
+    Ok(all
+        .into_iter()
+        .filter_map(|mut r| {
+            let rung = plan.ladder.iter().find(|g| g.name == r.name)?;
+            r.width = Some(rung.width);
+            r.height = rung.height;
+            Some(r)
+        })
+        .collect())
 }
 
 /// Spec and plan of a record, or why it has none.

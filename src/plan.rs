@@ -14,8 +14,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::job::Rendition;
+
 /// What the probe learned about a source, in the units the planner needs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceFacts {
     /// Container duration, nanoseconds.
     pub duration_ns: u64,
@@ -39,6 +41,37 @@ pub struct SourceFacts {
     #[serde(default)]
     pub pts_offset_ns: i64,
     pub audio: Option<AudioFacts>,
+    /// Stream time of every frame in presentation order, nanoseconds
+    /// (ascending). Empty from older probes: frame times then come from
+    /// the nominal rate, which is exact only for constant-rate sources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frame_times_ns: Vec<u64>,
+    /// Stream time where the last frame ends, nanoseconds (0: unknown).
+    #[serde(default)]
+    pub end_ns: u64,
+    /// Pixel aspect ratio (anamorphic sources have non-square pixels).
+    #[serde(default = "one")]
+    pub par_num: u32,
+    #[serde(default = "one")]
+    pub par_den: u32,
+    /// The `image-orientation` tag of the video (`rotate-90`,
+    /// `flip-rotate-0`, ...): how the picture must be turned for display.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orientation: Option<String>,
+    /// The source is interlaced (or signals fields).
+    #[serde(default)]
+    pub interlaced: bool,
+    /// Luma bit depth when the stream says (0: unknown, usually 8).
+    #[serde(default)]
+    pub bit_depth: u32,
+    /// Transfer function of an HDR source (`smpte2084` PQ, `arib-std-b67`
+    /// HLG), None for SDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hdr: Option<String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Audio track facts.
@@ -47,6 +80,17 @@ pub struct AudioFacts {
     pub rate: u32,
     pub channels: u32,
     pub duration_ns: u64,
+    /// Which of the source's audio tracks this is: the tail of its stream
+    /// id (`.../002` -> `002`), the same in every process that opens the
+    /// file. None from older probes (first track found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Audio tracks in the source.
+    #[serde(default)]
+    pub tracks: u32,
+    /// Language tag of the chosen track, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
 /// Planner knobs.
@@ -113,6 +157,70 @@ pub struct Plan {
     /// None in plans made before it existed: those keep the segment mapping.
     #[serde(default)]
     pub pts_offset_ns: Option<i64>,
+    /// Frame spacing varies (phones, screen capture): segment times and
+    /// HLS durations come from the real frame times, `fps_*` is the average.
+    #[serde(default)]
+    pub vfr: bool,
+    /// Shortest spacing of two frames, nanoseconds (0: one nominal frame).
+    /// Frame selection tolerates half of it around a boundary.
+    #[serde(default)]
+    pub min_frame_ns: u64,
+    /// See [`SourceFacts::orientation`]; applied before scaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orientation: Option<String>,
+    #[serde(default)]
+    pub interlaced: bool,
+    /// Encoded size of every rendition that runs, in job order. Empty in
+    /// plans made before the ladder existed (renditions then run as given).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ladder: Vec<Rung>,
+    /// Renditions of the job that do not run, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<DroppedRung>,
+    /// Audio channels of the source track (0: unknown or no audio).
+    #[serde(default)]
+    pub audio_channels: u32,
+    /// The source audio track encoded (see [`AudioFacts::stream`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_stream: Option<String>,
+}
+
+/// A rendition as it will be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rung {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// A rendition of the job that is not encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedRung {
+    pub name: String,
+    pub reason: String,
+}
+
+impl Plan {
+    /// Stream time where the video ends, nanoseconds.
+    pub fn end_ns(&self) -> u64 {
+        self.segments.last().map_or(0, |s| s.end_ns)
+    }
+
+    /// Duration of the video, nanoseconds.
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns()
+            .saturating_sub(self.segments.first().map_or(0, |s| s.start_ns))
+    }
+
+    /// Highest instantaneous frame rate (HLS FRAME-RATE is a maximum).
+    pub fn max_fps(&self) -> f64 {
+        let nominal = self.fps_num as f64 / self.fps_den.max(1) as f64;
+        if self.vfr && self.min_frame_ns > 0 {
+            (1e9 / self.min_frame_ns as f64).max(nominal)
+        } else {
+            nominal
+        }
+    }
 }
 
 /// Why a source cannot be planned.
@@ -122,6 +230,92 @@ pub enum PlanError {
     NoFrames,
     #[error("source frame rate {0}/{1} is not usable")]
     BadFrameRate(u32, u32),
+    #[error("HDR source ({0}) is not supported: jetcode encodes 8-bit SDR and has no tone mapping; convert it to SDR first")]
+    Hdr(String),
+}
+
+/// Does this orientation swap width and height for display?
+pub fn orientation_swaps_axes(orientation: Option<&str>) -> bool {
+    matches!(
+        orientation,
+        Some("rotate-90" | "rotate-270" | "flip-rotate-90" | "flip-rotate-270")
+    )
+}
+
+/// Size of the source as displayed: pixel aspect ratio and rotation applied.
+pub fn display_size(facts: &SourceFacts) -> (u32, u32) {
+    let w = if facts.par_num > 0 && facts.par_den > 0 {
+        (facts.width as u64 * facts.par_num as u64 / facts.par_den as u64) as u32
+    } else {
+        facts.width
+    };
+    if orientation_swaps_axes(facts.orientation.as_deref()) {
+        (facts.height, w)
+    } else {
+        (w, facts.height)
+    }
+}
+
+/// The box a rendition must fit in: `width` x `height` when both are
+/// given; otherwise `height` names the short side of a 16:9 box turned like
+/// the source (a "720p" rung of a portrait source is 720 wide).
+fn rung_box(r: &Rendition, display: (u32, u32)) -> (u32, u32) {
+    match r.width {
+        Some(w) => (w, r.height),
+        None => {
+            let long = (r.height as u64 * 16).div_ceil(9) as u32;
+            if display.1 > display.0 {
+                (r.height, long)
+            } else {
+                (long, r.height)
+            }
+        }
+    }
+}
+
+fn even(x: f64) -> u32 {
+    ((x / 2.0).round() as u32 * 2).max(2)
+}
+
+/// Fit every rendition inside its box at the source's display aspect,
+/// never upscaling: a rung whose box is larger than the source is dropped
+/// (the smallest one is kept at the source size when all would be).
+pub fn ladder(renditions: &[Rendition], facts: &SourceFacts) -> (Vec<Rung>, Vec<DroppedRung>) {
+    let (dw, dh) = display_size(facts);
+    let (dw, dh) = (dw.max(2) as f64, dh.max(2) as f64);
+    let fits: Vec<(f64, (u32, u32))> = renditions
+        .iter()
+        .map(|r| {
+            let b = rung_box(r, (dw as u32, dh as u32));
+            ((b.0 as f64 / dw).min(b.1 as f64 / dh), b)
+        })
+        .collect();
+    let smallest = fits
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, (_, b))| b.0 as u64 * b.1 as u64)
+        .map(|(i, _)| i);
+    let all_above = fits.iter().all(|(scale, _)| *scale > 1.0);
+    let (mut rungs, mut dropped) = (Vec::new(), Vec::new());
+    for (i, (r, (scale, b))) in renditions.iter().zip(fits).enumerate() {
+        if scale > 1.0 && !(all_above && Some(i) == smallest) {
+            dropped.push(DroppedRung {
+                name: r.name.clone(),
+                reason: format!(
+                    "source is {}x{}, smaller than the {}x{} box: not upscaled",
+                    dw, dh, b.0, b.1
+                ),
+            });
+            continue;
+        }
+        let scale = scale.min(1.0);
+        rungs.push(Rung {
+            name: r.name.clone(),
+            width: even(dw * scale),
+            height: even(dh * scale),
+        });
+    }
+    (rungs, dropped)
 }
 
 /// Stream time of frame `i`, nanoseconds, relative to the first frame.
@@ -139,15 +333,12 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
     if facts.fps_num == 0 || facts.fps_den == 0 {
         return Err(PlanError::BadFrameRate(facts.fps_num, facts.fps_den));
     }
-    let fps = facts.fps_num as f64 / facts.fps_den as f64;
+    if let Some(transfer) = &facts.hdr {
+        return Err(PlanError::Hdr(transfer.clone()));
+    }
+    let timeline = Timeline::of(facts);
     let total = facts.frames;
-    let target = (opts.target_seconds * fps).max(1.0);
-    let floor = (opts.min_seconds * fps).max(1.0);
-    let mut n = ((total as f64 / target).round() as u64).max(1);
-    // Never below the quality floor: fewer, longer segments instead.
-    let max_n = ((total as f64 / floor).floor() as u64).max(1);
-    n = n.min(max_n).min(u32::MAX as u64);
-
+    let n = segment_count(facts, &timeline, opts);
     let ideal = total as f64 / n as f64;
     // Each boundary may move by half the balance so that any segment, bounded
     // by two moved boundaries, stays within ±balance of the ideal size.
@@ -155,13 +346,15 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
     let mut bounds = Vec::with_capacity(n as usize + 1);
     bounds.push(0u64);
     for k in 1..n {
-        let even = ((k as f64) * ideal).round() as u64;
+        let even = timeline.even_cut(k, n, total);
         let snapped = nearest_keyframe(&facts.keyframes, even, slack).unwrap_or(even);
-        bounds.push(snapped);
+        // A gap in a variable-rate source can put two cuts on one frame.
+        if snapped > *bounds.last().unwrap_or(&0) && snapped < total {
+            bounds.push(snapped);
+        }
     }
     bounds.push(total);
 
-    let first = facts.first_pts_ns;
     let segments = bounds
         .windows(2)
         .enumerate()
@@ -169,8 +362,8 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
             index: i as u32,
             start_frame: w[0],
             end_frame: w[1],
-            start_ns: first + frame_time_ns(w[0], facts.fps_num, facts.fps_den),
-            end_ns: first + frame_time_ns(w[1], facts.fps_num, facts.fps_den),
+            start_ns: timeline.time(w[0]),
+            end_ns: timeline.time(w[1]),
             starts_on_keyframe: facts.keyframes.binary_search(&w[0]).is_ok(),
         })
         .collect();
@@ -184,7 +377,116 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
         width: facts.width,
         height: facts.height,
         pts_offset_ns: Some(facts.pts_offset_ns),
+        vfr: timeline.vfr,
+        min_frame_ns: timeline.min_gap,
+        orientation: facts.orientation.clone(),
+        interlaced: facts.interlaced,
+        ladder: Vec::new(),
+        dropped: Vec::new(),
+        audio_channels: facts.audio.as_ref().map_or(0, |a| a.channels),
+        audio_stream: facts.audio.as_ref().and_then(|a| a.stream.clone()),
     })
+}
+
+/// When each frame is shown: the probe's real frame times, or the nominal
+/// rate's for facts without them.
+struct Timeline<'a> {
+    first: u64,
+    /// Where the last frame ends.
+    end: u64,
+    times: Option<&'a [u64]>,
+    fps: (u32, u32),
+    vfr: bool,
+    min_gap: u64,
+}
+
+impl<'a> Timeline<'a> {
+    fn of(facts: &'a SourceFacts) -> Self {
+        let (num, den) = (facts.fps_num, facts.fps_den);
+        let nominal = frame_time_ns(1, num, den).max(1);
+        let times = (facts.frame_times_ns.len() as u64 == facts.frames
+            && facts.frame_times_ns.windows(2).all(|w| w[0] < w[1]))
+        .then_some(facts.frame_times_ns.as_slice());
+        let Some(t) = times else {
+            return Timeline {
+                first: facts.first_pts_ns,
+                end: facts.first_pts_ns + frame_time_ns(facts.frames, num, den),
+                times: None,
+                fps: (num, den),
+                vfr: false,
+                min_gap: 0,
+            };
+        };
+        let gaps = t.windows(2).map(|w| w[1] - w[0]);
+        let min_gap = gaps.clone().min().unwrap_or(nominal);
+        let max_gap = gaps.max().unwrap_or(nominal);
+        let last = *t.last().unwrap_or(&0);
+        // The last frame lasts as long as the container says, or one
+        // nominal frame when it does not.
+        let end = if facts.end_ns > last {
+            facts.end_ns
+        } else {
+            last + nominal
+        };
+        Timeline {
+            first: t.first().copied().unwrap_or(0),
+            end,
+            times,
+            fps: (num, den),
+            // Timestamps rounded to a container's timescale wobble by a
+            // tick; a real rate change moves the spacing by far more.
+            vfr: max_gap > min_gap + min_gap / 10 + 1_000,
+            min_gap,
+        }
+    }
+
+    /// Stream time of frame `i` (`i == frames` is the end).
+    fn time(&self, i: u64) -> u64 {
+        match self.times {
+            Some(t) => t.get(i as usize).copied().unwrap_or(self.end),
+            None => self.first + frame_time_ns(i, self.fps.0, self.fps.1),
+        }
+    }
+
+    /// The frame nearest to the `k`-th of `n` equal cuts: equal durations
+    /// (so HLS segments are equally long whatever the frame rate does),
+    /// which for a constant rate are equal frame counts.
+    fn even_cut(&self, k: u64, n: u64, total: u64) -> u64 {
+        let Some(t) = self.times else {
+            return ((k as f64) * total as f64 / n as f64).round() as u64;
+        };
+        let at = self.first + ((self.end - self.first) as u128 * k as u128 / n as u128) as u64;
+        let i = t.partition_point(|&x| x < at);
+        match i {
+            0 => 0,
+            i if i >= t.len() => t.len() as u64 - 1,
+            i if at - t[i - 1] < t[i] - at => i as u64 - 1,
+            i => i as u64,
+        }
+    }
+}
+
+/// Segments for a source: its duration over the target, never shorter than
+/// the quality floor.
+fn segment_count(facts: &SourceFacts, timeline: &Timeline, opts: &PlanOptions) -> u64 {
+    let total = facts.frames;
+    let (target, floor) = if timeline.times.is_some() {
+        let secs = (timeline.end - timeline.first) as f64 / 1e9;
+        let per_frame = if total > 0 { secs / total as f64 } else { 1.0 };
+        (
+            (opts.target_seconds / per_frame).max(1.0),
+            (opts.min_seconds / per_frame).max(1.0),
+        )
+    } else {
+        let fps = facts.fps_num as f64 / facts.fps_den as f64;
+        (
+            (opts.target_seconds * fps).max(1.0),
+            (opts.min_seconds * fps).max(1.0),
+        )
+    };
+    let n = ((total as f64 / target).round() as u64).max(1);
+    let max_n = ((total as f64 / floor).floor() as u64).max(1);
+    n.min(max_n).min(u32::MAX as u64)
 }
 
 fn nearest_keyframe(keyframes: &[u64], frame: u64, slack: u64) -> Option<u64> {
@@ -215,6 +517,14 @@ mod tests {
             first_pts_ns: 0,
             pts_offset_ns: 0,
             audio: None,
+            frame_times_ns: Vec::new(),
+            end_ns: 0,
+            par_num: 1,
+            par_den: 1,
+            orientation: None,
+            interlaced: false,
+            bit_depth: 8,
+            hdr: None,
         }
     }
 

@@ -43,8 +43,16 @@ pub enum TaskBody {
         fps_den: u32,
         #[serde(default)]
         pts_offset_ns: Option<i64>,
+        #[serde(default)]
+        min_frame_ns: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        orientation: Option<String>,
     },
-    Audio,
+    Audio {
+        /// The source track to encode ([`crate::plan::Plan::audio_stream`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stream: Option<String>,
+    },
     Stitch {
         plan: Plan,
         renditions: Vec<Rendition>,
@@ -84,7 +92,7 @@ impl Task {
     pub fn kind(&self) -> TaskKind {
         match self.body {
             TaskBody::Segment { .. } => TaskKind::Segment,
-            TaskBody::Audio => TaskKind::Audio,
+            TaskBody::Audio { .. } => TaskKind::Audio,
             TaskBody::Stitch { .. } => TaskKind::Stitch,
         }
     }
@@ -114,6 +122,12 @@ pub struct SegmentWork {
     /// [`crate::plan::Plan::pts_offset_ns`] of the source.
     #[serde(default)]
     pub pts_offset_ns: Option<i64>,
+    /// [`crate::plan::Plan::min_frame_ns`].
+    #[serde(default)]
+    pub min_frame_ns: u64,
+    /// [`crate::plan::Plan::orientation`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orientation: Option<String>,
 }
 
 /// Work order for `jetcode media audio`: encode the whole audio track of
@@ -123,6 +137,9 @@ pub struct SegmentWork {
 pub struct AudioWork {
     pub input: PathBuf,
     pub output: PathBuf,
+    /// Tail of the stream id of the track to encode; None: the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 /// Work order for `jetcode media stitch`: parts already lie under

@@ -161,6 +161,8 @@ fn run_job(
                 fps_num: p.fps_num,
                 fps_den: p.fps_den,
                 pts_offset_ns: p.pts_offset_ns,
+                min_frame_ns: p.min_frame_ns,
+                orientation: p.orientation.clone(),
             };
             let mut calls = 0;
             let n = segment::encode_segment(&work, &mut |_, _| calls += 1).expect("segment");
@@ -173,6 +175,7 @@ fn run_job(
             &AudioWork {
                 input: src.to_path_buf(),
                 output: out.join(AUDIO_PART_KEY),
+                stream: p.audio_stream.clone(),
             },
             &mut |_, _| {},
         )
@@ -503,6 +506,8 @@ fn segmented_and_single_pass(dir: &Path, src: &Path, r: &Rendition) -> (PathBuf,
             fps_num: p.fps_num,
             fps_den: p.fps_den,
             pts_offset_ns: p.pts_offset_ns,
+            min_frame_ns: p.min_frame_ns,
+            orientation: p.orientation.clone(),
         };
         segment::encode_segment(&w, &mut |_, _| {}).unwrap();
         parts.push(std::fs::read(output).unwrap());
@@ -528,6 +533,8 @@ fn segmented_and_single_pass(dir: &Path, src: &Path, r: &Rendition) -> (PathBuf,
             fps_num: p.fps_num,
             fps_den: p.fps_den,
             pts_offset_ns: p.pts_offset_ns,
+            min_frame_ns: p.min_frame_ns,
+            orientation: p.orientation.clone(),
         },
         &mut |_, _| {},
     )
@@ -691,6 +698,8 @@ fn bad_input_fails_permanently_and_quickly() {
             fps_num: p.fps_num,
             fps_den: p.fps_den,
             pts_offset_ns: p.pts_offset_ns,
+            min_frame_ns: p.min_frame_ns,
+            orientation: p.orientation.clone(),
         },
         &mut |_, _| {},
     );
@@ -709,6 +718,8 @@ fn bad_input_fails_permanently_and_quickly() {
             fps_num: p.fps_num,
             fps_den: p.fps_den,
             pts_offset_ns: p.pts_offset_ns,
+            min_frame_ns: p.min_frame_ns,
+            orientation: p.orientation.clone(),
         },
         &mut |_, _| {},
     );
@@ -772,6 +783,8 @@ fn h265_segment_keeps_timeline() {
             fps_num: p.fps_num,
             fps_den: p.fps_den,
             pts_offset_ns: p.pts_offset_ns,
+            min_frame_ns: p.min_frame_ns,
+            orientation: p.orientation.clone(),
         },
         &mut |_, _| {},
     )
@@ -823,6 +836,8 @@ fn segment_child_reads_only_its_range_through_the_block_cache() {
         fps_num: p.fps_num,
         fps_den: p.fps_den,
         pts_offset_ns: p.pts_offset_ns,
+        min_frame_ns: p.min_frame_ns,
+        orientation: p.orientation.clone(),
     };
     let out = Command::new(env!("CARGO_BIN_EXE_jetcode"))
         .args(["media", "segment", "--task"])

@@ -584,7 +584,18 @@ async fn task_that_exhausts_its_deliveries_fails_the_job() {
     let f = Fixture::new().await;
     // Planner and dead-letter roles only: no slots, so it encodes nothing.
     let _w = f.worker("planner-only", &["--slots", "0"]);
-    let src = f.clip("in.mp4", 4.0, 320, 240);
+    // One segment, no audio: a single task, so only its failure can fail
+    // the job.
+    let src = f.root().join("in.mp4");
+    jetcode::media::testsrc::generate_clip(
+        &src,
+        &jetcode::media::testsrc::ClipOptions {
+            seconds: 2.0,
+            audio: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     f.client
         .submit(&f.spec("doomed", &src, serde_json::json!(["h264-240p"]), 2.0))
         .await

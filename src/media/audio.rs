@@ -54,7 +54,7 @@ pub fn encode_audio(
     util::init()?;
     util::ensure_parent(&work.output)?;
     let tmp = util::tmp_path(&work.output);
-    match run(&work.input, &tmp, progress) {
+    match run(&work.input, work.stream.as_deref(), &tmp, progress) {
         Ok(s) => {
             util::commit_once(&tmp, &work.output)?;
             Ok(s)
@@ -156,6 +156,7 @@ fn raw_format(pad: &gst::Pad) -> Option<(u64, u64)> {
 
 fn run(
     input: &Path,
+    stream: Option<&str>,
     out: &Path,
     progress: &mut dyn FnMut(u64, f64),
 ) -> Result<AudioSummary, MediaError> {
@@ -214,6 +215,7 @@ fn run(
     let pipeline_weak = pipeline.downgrade();
     let convert_weak = convert.downgrade();
     let have = have_audio.clone();
+    let wanted_stream = stream.map(str::to_string);
     parsebin.connect_pad_added(move |_, pad| {
         let Some(pipeline) = pipeline_weak.upgrade() else {
             return;
@@ -222,10 +224,15 @@ fn run(
         let is_audio = caps
             .structure(0)
             .is_some_and(|s| s.name().starts_with("audio/"));
+        // The track the probe chose (by its stream id tail), or the first.
+        let wanted = is_audio
+            && wanted_stream
+                .as_ref()
+                .is_none_or(|want| util::stream_tail(pad).as_deref() == Some(want.as_str()));
         let first = {
             let mut h = have.lock().unwrap_or_else(|e| e.into_inner());
-            let first = is_audio && !*h;
-            *h |= is_audio;
+            let first = wanted && !*h;
+            *h |= wanted;
             first
         };
         let next = if first {
@@ -279,10 +286,10 @@ fn run(
     let any_audio = *have_audio.lock().unwrap_or_else(|e| e.into_inner());
     if !any_audio {
         ended?;
-        return Err(MediaError::permanent(format!(
-            "{}: no audio stream",
-            input.display()
-        )));
+        return Err(MediaError::permanent(match stream {
+            Some(s) => format!("{}: audio track {s} not found", input.display()),
+            None => format!("{}: no audio stream", input.display()),
+        }));
     }
     ended?;
     let s = seen.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,6 +1,7 @@
 //! Probe a source: exact frame count and keyframe positions by scanning the
 //! demuxed, parsed (not decoded) video stream, plus audio facts.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
 
 use super::util;
 use super::MediaError;
@@ -40,13 +42,23 @@ struct Scan {
     /// provisional segment and replace it without a flush, and the last
     /// one is the one a seek will use too.
     video_segment: Option<gst::Segment>,
-    audio_segment: Option<gst::Segment>,
     video_caps: Option<gst::Caps>,
-    audio_caps: Option<gst::Caps>,
-    audio_first: Option<gst::ClockTime>,
-    audio_end: Option<gst::ClockTime>,
+    /// The `image-orientation` tag of the video stream.
+    orientation: Option<String>,
     has_video_pad: bool,
-    has_audio_pad: bool,
+    /// Every audio track, by stream id tail (the track's name in the file).
+    audio: BTreeMap<String, AudioScan>,
+}
+
+#[derive(Default, Clone)]
+struct AudioScan {
+    segment: Option<gst::Segment>,
+    caps: Option<gst::Caps>,
+    first: Option<gst::ClockTime>,
+    end: Option<gst::ClockTime>,
+    /// The container marks the track as not to be played by default.
+    unselected: bool,
+    language: Option<String>,
 }
 
 pub(crate) fn probe_full(path: &Path) -> Result<ProbeInfo, MediaError> {
@@ -74,11 +86,16 @@ pub(crate) fn probe_full(path: &Path) -> Result<ProbeInfo, MediaError> {
             if name.starts_with("video/") && !st.has_video_pad {
                 st.has_video_pad = true;
                 st.video_caps = Some(caps.clone());
+                watch_orientation(pad, scan_pads.clone());
                 video_sink(scan_pads.clone())
-            } else if name.starts_with("audio/") && !st.has_audio_pad {
-                st.has_audio_pad = true;
-                st.audio_caps = Some(caps.clone());
-                audio_sink(scan_pads.clone())
+            } else if name.starts_with("audio/") {
+                let key =
+                    util::stream_tail(pad).unwrap_or_else(|| format!("pad{}", st.audio.len()));
+                let track = st.audio.entry(key.clone()).or_default();
+                track.caps = Some(caps.clone());
+                track.unselected = util::stream_unselected(pad);
+                watch_language(pad, scan_pads.clone(), key.clone());
+                audio_sink(scan_pads.clone(), key)
             } else {
                 util::fake_sink().ok()
             }
@@ -106,23 +123,43 @@ pub(crate) fn probe_full(path: &Path) -> Result<ProbeInfo, MediaError> {
         }
         Ok(())
     })?;
-    let scan = Arc::try_unwrap(scan)
-        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-        .unwrap_or_else(|arc| {
-            let g = arc.lock().unwrap_or_else(|e| e.into_inner());
-            Scan {
-                video: g.video.clone(),
-                video_caps: g.video_caps.clone(),
-                video_segment: g.video_segment.clone(),
-                audio_segment: g.audio_segment.clone(),
-                audio_caps: g.audio_caps.clone(),
-                audio_first: g.audio_first,
-                audio_end: g.audio_end,
-                has_video_pad: g.has_video_pad,
-                has_audio_pad: g.has_audio_pad,
-            }
-        });
+    let scan = match Arc::try_unwrap(scan) {
+        Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()),
+        Err(arc) => std::mem::take(&mut *arc.lock().unwrap_or_else(|e| e.into_inner())),
+    };
     summarize(path, scan, duration)
+}
+
+/// Record the video's `image-orientation` tag (phones store rotation so).
+fn watch_orientation(pad: &gst::Pad, scan: Arc<Mutex<Scan>>) {
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+            if let gst::EventView::Tag(t) = ev.view() {
+                if let Some(o) = t.tag().get::<gst::tags::ImageOrientation>() {
+                    let mut g = scan.lock().unwrap_or_else(|e| e.into_inner());
+                    g.orientation = Some(o.get().to_string());
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Record an audio track's language tag.
+fn watch_language(pad: &gst::Pad, scan: Arc<Mutex<Scan>>, key: String) {
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+            if let gst::EventView::Tag(t) = ev.view() {
+                if let Some(l) = t.tag().get::<gst::tags::LanguageCode>() {
+                    let mut g = scan.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(track) = g.audio.get_mut(&key) {
+                        track.language = Some(l.get().to_string());
+                    }
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 fn video_sink(scan: Arc<Mutex<Scan>>) -> Option<gst::Element> {
@@ -161,7 +198,7 @@ fn video_sink(scan: Arc<Mutex<Scan>>) -> Option<gst::Element> {
     Some(sink.upcast())
 }
 
-fn audio_sink(scan: Arc<Mutex<Scan>>) -> Option<gst::Element> {
+fn audio_sink(scan: Arc<Mutex<Scan>>, key: String) -> Option<gst::Element> {
     let sink = gst_app::AppSink::builder()
         .sync(false)
         .async_(false)
@@ -177,11 +214,14 @@ fn audio_sink(scan: Arc<Mutex<Scan>>) -> Option<gst::Element> {
                     };
                     let end = pts + buf.duration().unwrap_or(gst::ClockTime::ZERO);
                     let mut g = scan.lock().unwrap_or_else(|e| e.into_inner());
-                    g.audio_first = Some(g.audio_first.map_or(pts, |f| f.min(pts)));
-                    g.audio_end = Some(g.audio_end.map_or(end, |e| e.max(end)));
-                    g.audio_segment = Some(seg.clone());
+                    let Some(a) = g.audio.get_mut(&key) else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    a.first = Some(a.first.map_or(pts, |f| f.min(pts)));
+                    a.end = Some(a.end.map_or(end, |e| e.max(end)));
+                    a.segment = Some(seg.clone());
                     if let Some(c) = sample.caps() {
-                        g.audio_caps = Some(c.to_owned());
+                        a.caps = Some(c.to_owned());
                     }
                     Ok(gst::FlowSuccess::Ok)
                 })
@@ -265,56 +305,40 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
         .map(|(i, _)| i as u64)
         .collect();
 
-    let (mut fps_num, mut fps_den) = s
-        .get::<gst::Fraction>("framerate")
-        .map(|f| (f.numer().max(0) as u32, f.denom().max(0) as u32))
-        .unwrap_or((0, 1));
     let span = last.saturating_sub(first_pts_ns);
     let total = duration.filter(|d| *d > 0).unwrap_or(span);
-    if fps_num == 0 || fps_den == 0 {
-        // Variable frame rate: nominal rate from the average frame spacing.
-        if total == 0 {
-            return Err(MediaError::permanent(format!("{name}: frame rate unknown")));
-        }
-        fps_num = ((frames as f64 * 1e12) / total as f64).round() as u32;
-        fps_den = 1000;
-    }
+    let (fps_num, fps_den) = frame_rate(s, frames, span)
+        .ok_or_else(|| MediaError::permanent(format!("{name}: frame rate unknown")))?;
+    let par = s
+        .get::<gst::Fraction>("pixel-aspect-ratio")
+        .ok()
+        .filter(|f| f.numer() > 0 && f.denom() > 0)
+        .map_or((1, 1), |f| (f.numer() as u32, f.denom() as u32));
+    // Parsers say so in their caps; h264parse names field-coded pictures.
+    let interlaced = s
+        .get::<&str>("interlace-mode")
+        .is_ok_and(|m| m != "progressive")
+        || s.get::<&str>("coded-picture-structure")
+            .is_ok_and(|m| m == "field");
+    let bit_depth = s.get::<u32>("bit-depth-luma").unwrap_or(0);
+    let hdr = s
+        .get::<&str>("colorimetry")
+        .ok()
+        .and_then(|c| c.parse::<gst_video::VideoColorimetry>().ok())
+        .and_then(|c| match c.transfer() {
+            gst_video::VideoTransferFunction::Smpte2084 => Some("PQ, SMPTE ST 2084"),
+            gst_video::VideoTransferFunction::AribStdB67 => Some("HLG, ARIB STD-B67"),
+            _ => None,
+        })
+        .map(str::to_string);
 
-    let aseg = scan.audio_segment.clone();
-    // Clamped into the segment first: an MP4 edit list trims AAC priming at
-    // the start and padding at the end, and decoders clip to the segment,
-    // so the audio that plays is only what the segment covers.
-    let a_st = |ts: Option<gst::ClockTime>| match (&aseg, ts) {
-        (Some(seg), Some(ts)) => {
-            let ts = seg
-                .downcast_ref::<gst::ClockTime>()
-                .map_or(ts, |s| clamp_to(s, ts));
-            util::stream_time(seg, ts).or(Some(ts.nseconds()))
+    let (audio, audio_first_ns) = match choose_audio(&scan.audio) {
+        Some((key, track)) => {
+            let tracks = scan.audio.len() as u32;
+            audio_facts(key, track, tracks)
         }
-        (None, Some(ts)) => Some(ts.nseconds()),
-        _ => None,
+        None => (None, None),
     };
-    let (a_first, a_end) = (a_st(scan.audio_first), a_st(scan.audio_end));
-    let audio = match (scan.audio_caps, a_first, a_end) {
-        (Some(c), Some(first), Some(end)) => {
-            let a = c.structure(0);
-            let rate = a
-                .and_then(|a| a.get::<i32>("rate").ok())
-                .unwrap_or(0)
-                .max(0) as u32;
-            let channels = a
-                .and_then(|a| a.get::<i32>("channels").ok())
-                .unwrap_or(0)
-                .max(0) as u32;
-            Some(AudioFacts {
-                rate,
-                channels,
-                duration_ns: end.saturating_sub(first),
-            })
-        }
-        _ => None,
-    };
-    let audio_first_ns = if audio.is_some() { a_first } else { None };
     Ok(ProbeInfo {
         facts: SourceFacts {
             duration_ns: total,
@@ -328,9 +352,77 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
             first_pts_ns,
             pts_offset_ns,
             audio,
+            frame_times_ns: order.iter().map(|(t, _)| *t).collect(),
+            end_ns: last,
+            par_num: par.0,
+            par_den: par.1,
+            orientation: scan.orientation,
+            interlaced,
+            bit_depth,
+            hdr,
         },
         audio_first_ns,
         video_first_ns: video_first_st,
         video_end_ns: video_end_st,
     })
+}
+
+/// The caps' frame rate, unless the frames say otherwise: variable-rate
+/// sources carry a nominal (often the highest) rate or none at all; then
+/// the average over the real frames is the useful one.
+fn frame_rate(s: &gst::StructureRef, frames: u64, span: u64) -> Option<(u32, u32)> {
+    let caps = s
+        .get::<gst::Fraction>("framerate")
+        .ok()
+        .filter(|f| f.numer() > 0 && f.denom() > 0)
+        .map(|f| (f.numer() as u32, f.denom() as u32));
+    // frames - 1 gaps between the first and the last frame's start.
+    let measured = (frames > 1 && span > 0).then(|| (frames - 1) as f64 * 1e9 / span as f64);
+    match (caps, measured) {
+        (Some((n, d)), Some(m)) if ((n as f64 / d as f64) - m).abs() > m * 0.01 => {
+            Some(((m * 1000.0).round() as u32, 1000))
+        }
+        (Some(c), _) => Some(c),
+        (None, Some(m)) => Some(((m * 1000.0).round() as u32, 1000)),
+        (None, None) => None,
+    }
+}
+
+/// The audio track to encode: the first the container marks for default
+/// playback (in track order), else the first.
+fn choose_audio(tracks: &BTreeMap<String, AudioScan>) -> Option<(&String, &AudioScan)> {
+    let with_data = || tracks.iter().filter(|(_, t)| t.first.is_some());
+    with_data()
+        .find(|(_, t)| !t.unselected)
+        .or_else(|| with_data().next())
+}
+
+fn audio_facts(key: &str, a: &AudioScan, tracks: u32) -> (Option<AudioFacts>, Option<u64>) {
+    // Clamped into the segment first: an MP4 edit list trims AAC priming at
+    // the start and padding at the end, and decoders clip to the segment,
+    // so the audio that plays is only what the segment covers.
+    let a_st = |ts: Option<gst::ClockTime>| match (&a.segment, ts) {
+        (Some(seg), Some(ts)) => {
+            let ts = seg
+                .downcast_ref::<gst::ClockTime>()
+                .map_or(ts, |s| clamp_to(s, ts));
+            util::stream_time(seg, ts).or(Some(ts.nseconds()))
+        }
+        (None, Some(ts)) => Some(ts.nseconds()),
+        _ => None,
+    };
+    let (Some(first), Some(end), Some(caps)) = (a_st(a.first), a_st(a.end), &a.caps) else {
+        return (None, None);
+    };
+    let st = caps.structure(0);
+    let int = |f: &str| st.and_then(|s| s.get::<i32>(f).ok()).unwrap_or(0).max(0) as u32;
+    let facts = AudioFacts {
+        rate: int("rate"),
+        channels: int("channels"),
+        duration_ns: end.saturating_sub(first),
+        stream: (!key.starts_with("pad")).then(|| key.to_string()),
+        tracks,
+        language: a.language.clone(),
+    };
+    (Some(facts), Some(first))
 }

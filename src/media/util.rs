@@ -363,3 +363,20 @@ pub(crate) fn post_error(el: &gst::Element, msg: &str) {
             .build(),
     );
 }
+
+/// The tail of a pad's stream id (`<hash>/002` -> `002`): names a track
+/// of the file the same way in every process that opens it (the hash
+/// part need not be).
+pub(crate) fn stream_tail(pad: &gst::Pad) -> Option<String> {
+    let ev = pad.sticky_event::<gst::event::StreamStart>(0)?;
+    let id = ev.stream_id().to_string();
+    let tail = id.rsplit('/').next().unwrap_or(&id);
+    (!tail.is_empty() && tail != id).then(|| tail.to_string())
+}
+
+/// The container marks this stream as not played by default (a second
+/// audio language, a commentary track).
+pub(crate) fn stream_unselected(pad: &gst::Pad) -> bool {
+    pad.sticky_event::<gst::event::StreamStart>(0)
+        .is_some_and(|ev| ev.stream_flags().contains(gst::StreamFlags::UNSELECT))
+}

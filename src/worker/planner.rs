@@ -116,11 +116,15 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         target_seconds: spec.segment_seconds(),
         ..Default::default()
     };
-    let p = match plan::plan(&facts, &opts) {
+    let mut p = match plan::plan(&facts, &opts) {
         Ok(p) => p,
         Err(e) => return reject(w, &id, Some(spec), e.to_string()).await,
     };
-    let renditions = spec.resolved_renditions()?.len() as u32;
+    (p.ladder, p.dropped) = plan::ladder(&spec.resolved_renditions()?, &facts);
+    for d in &p.dropped {
+        tracing::info!(job = %id, rendition = %d.name, "rendition dropped: {}", d.reason);
+    }
+    let renditions = p.ladder.len() as u32;
     let tasks_total = p.segments.len() as u32 * renditions + u32::from(p.has_audio);
     let t = now();
     let rec = JobRecord {

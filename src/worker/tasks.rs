@@ -418,6 +418,8 @@ async fn run_task(
                 fps_num,
                 fps_den,
                 pts_offset_ns,
+                min_frame_ns,
+                orientation,
             } => {
                 let output = out_dir.join(subjects::part_key(&rendition.name, segment.index));
                 let work = SegmentWork {
@@ -428,15 +430,18 @@ async fn run_task(
                     fps_num: *fps_num,
                     fps_den: *fps_den,
                     pts_offset_ns: *pts_offset_ns,
+                    min_frame_ns: *min_frame_ns,
+                    orientation: orientation.clone(),
                 };
                 let secs = segment.duration_ns() as f64 / 1e9;
                 ("segment", json(&work), secs, Some(output))
             }
-            TaskBody::Audio => {
+            TaskBody::Audio { stream } => {
                 let output = out_dir.join(subjects::AUDIO_PART_KEY);
                 let work = AudioWork {
                     input: input.clone().unwrap_or_default(),
                     output: output.clone(),
+                    stream: stream.clone(),
                 };
                 let secs = rec
                     .plan
@@ -597,7 +602,7 @@ async fn verify_parts(
             TaskBody::Segment {
                 rendition, segment, ..
             } => out_dir.join(subjects::part_key(&rendition.name, segment.index)),
-            TaskBody::Audio => out_dir.join(subjects::AUDIO_PART_KEY),
+            TaskBody::Audio { .. } => out_dir.join(subjects::AUDIO_PART_KEY),
             TaskBody::Stitch { .. } => continue,
         };
         let Some(done) = w.ledger.checkpoint_of(&rec.id, &t.id).await? else {
