@@ -568,10 +568,19 @@ fn show_event(
             renditions,
             tasks,
             frames,
+            dropped,
         } => {
             bar.set_length(*tasks as u64);
             if !json {
-                bar.println(format!("planned: {segments} segments x {renditions} renditions + audio = {tasks} tasks, {frames} frames"));
+                let audio = if *tasks > segments * renditions {
+                    " + audio"
+                } else {
+                    ""
+                };
+                bar.println(format!("planned: {segments} segments x {renditions} renditions{audio} = {tasks} tasks, {frames} frames"));
+                for d in dropped {
+                    bar.println(format!("rendition {} dropped: {}", d.name, d.reason));
+                }
             }
         }
         EventKind::TaskDone {

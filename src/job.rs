@@ -252,6 +252,19 @@ impl JobSpec {
         if self.formats.is_empty() {
             p.push("formats must name mp4, hls or both".into());
         }
+        if self.formats.contains(&OutputFormat::Hls) {
+            // Apple's HLS authoring spec requires fMP4 segments for HEVC;
+            // jetcode's HLS segments are MPEG-TS, which Safari and hls.js
+            // do not play with HEVC.
+            if let Ok(rs) = self.resolved_renditions() {
+                for r in rs.iter().filter(|r| r.codec == Codec::H265) {
+                    p.push(format!(
+                        "rendition {:?}: HEVC in HLS needs fMP4 segments, and jetcode writes MPEG-TS; use h264 for HLS or ask for formats [\"mp4\"]",
+                        r.name
+                    ));
+                }
+            }
+        }
         if let Some(s) = self.segment_seconds {
             if !(MIN_SEGMENT_SECONDS..=MAX_SEGMENT_SECONDS).contains(&s) {
                 p.push(format!(
@@ -439,6 +452,20 @@ mod tests {
             .map(|r| r.height)
             .collect();
         assert_eq!(names, vec![1080, 720, 480, 360]);
+    }
+
+    #[test]
+    fn hevc_is_refused_for_hls_and_allowed_for_mp4() {
+        let hevc = r#"{"name":"h","codec":"h265","height":360,"crf":28}"#;
+        let err = spec(&format!(
+            r#"{{"source":"file:///a.mp4","output":"file:///o/","renditions":[{hevc}]}}"#
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("fMP4"), "{err}");
+        spec(&format!(
+            r#"{{"source":"file:///a.mp4","output":"file:///o/","formats":["mp4"],"renditions":[{hevc}]}}"#
+        ))
+        .expect("HEVC MP4 is fine");
     }
 
     #[test]

@@ -421,12 +421,13 @@ impl<'a> Timeline<'a> {
         let min_gap = gaps.clone().min().unwrap_or(nominal);
         let max_gap = gaps.max().unwrap_or(nominal);
         let last = *t.last().unwrap_or(&0);
-        // The last frame lasts as long as the container says, or one
-        // nominal frame when it does not.
+        // The last frame lasts as long as the container says, but at least
+        // as long as the shortest frame: muxers often shorten it, and a
+        // segment must end more than half a frame after its last frame.
         let end = if facts.end_ns > last {
-            facts.end_ns
+            facts.end_ns.max(last + min_gap)
         } else {
-            last + nominal
+            last + nominal.max(min_gap)
         };
         Timeline {
             first: t.first().copied().unwrap_or(0),
@@ -647,6 +648,178 @@ mod tests {
         let p = plan(&facts(900, 30000, 1001, vec![0]), &opts(10.0)).unwrap();
         assert_eq!(p.segments[1].start_ns, 10_010_000_000);
         assert_eq!(p.segments[2].end_ns, 30_030_000_000);
+    }
+
+    fn rendition(name: &str, width: Option<u32>, height: u32) -> Rendition {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "width": width, "height": height, "crf": 23
+        }))
+        .unwrap()
+    }
+
+    fn sized(w: u32, h: u32, par: (u32, u32), orientation: Option<&str>) -> SourceFacts {
+        SourceFacts {
+            width: w,
+            height: h,
+            par_num: par.0,
+            par_den: par.1,
+            orientation: orientation.map(str::to_string),
+            ..facts(100, 25, 1, vec![0])
+        }
+    }
+
+    #[test]
+    fn ladder_fits_boxes_and_never_upscales() {
+        let hls = [
+            rendition("1080", None, 1080),
+            rendition("720", None, 720),
+            rendition("480", None, 480),
+            rendition("360", None, 360),
+        ];
+        type Case = (
+            &'static str,
+            SourceFacts,
+            Vec<(&'static str, u32, u32)>,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "1080p source: every rung",
+                sized(1920, 1080, (1, 1), None),
+                vec![
+                    ("1080", 1920, 1080),
+                    ("720", 1280, 720),
+                    ("480", 854, 480),
+                    ("360", 640, 360),
+                ],
+                vec![],
+            ),
+            (
+                "scope 2.39:1: width-bound, level 4.2 safe",
+                sized(1920, 804, (1, 1), None),
+                vec![
+                    ("1080", 1920, 804),
+                    ("720", 1280, 536),
+                    ("480", 854, 358),
+                    ("360", 640, 268),
+                ],
+                vec![],
+            ),
+            (
+                "240p source: only the smallest rung, at source size",
+                sized(320, 240, (1, 1), None),
+                vec![("360", 320, 240)],
+                vec!["1080", "720", "480"],
+            ),
+            (
+                "anamorphic PAL 4:3 pixels shown 16:9",
+                sized(480, 360, (4, 3), None),
+                vec![("360", 640, 360)],
+                vec!["1080", "720", "480"],
+            ),
+            (
+                "portrait phone video (rotation tag): portrait rungs",
+                sized(1920, 1080, (1, 1), Some("rotate-90")),
+                vec![
+                    ("1080", 1080, 1920),
+                    ("720", 720, 1280),
+                    ("480", 480, 854),
+                    ("360", 360, 640),
+                ],
+                vec![],
+            ),
+            (
+                "upside down keeps landscape",
+                sized(1280, 720, (1, 1), Some("rotate-180")),
+                vec![("720", 1280, 720), ("480", 854, 480), ("360", 640, 360)],
+                vec!["1080"],
+            ),
+        ];
+        for (name, f, want, want_dropped) in cases {
+            let (rungs, dropped) = ladder(&hls, &f);
+            let got: Vec<_> = rungs
+                .iter()
+                .map(|r| (r.name.as_str(), r.width, r.height))
+                .collect();
+            assert_eq!(got, want, "{name}");
+            let got_dropped: Vec<_> = dropped.iter().map(|d| d.name.as_str()).collect();
+            assert_eq!(got_dropped, want_dropped, "{name}");
+            assert!(
+                dropped.iter().all(|d| d.reason.contains("not upscaled")),
+                "{name}"
+            );
+        }
+        // An explicit box is a box, not a stretch.
+        let (rungs, _) = ladder(
+            &[rendition("box", Some(640), 640)],
+            &sized(1280, 720, (1, 1), None),
+        );
+        assert_eq!((rungs[0].width, rungs[0].height), (640, 360));
+    }
+
+    /// Frame times of a clip whose rate changes: `(frames, fps)` runs.
+    fn vfr_times(runs: &[(u64, u64)]) -> Vec<u64> {
+        let mut t = 0u64;
+        let mut out = Vec::new();
+        for &(n, fps) in runs {
+            for _ in 0..n {
+                out.push(t);
+                t += 1_000_000_000 / fps;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn variable_rate_cuts_by_real_time() {
+        // 2 s at 24 fps, 2 s at 30, 2 s at 60: 228 frames over 6 s.
+        let times = vfr_times(&[(48, 24), (60, 30), (120, 60)]);
+        let f = SourceFacts {
+            frame_times_ns: times.clone(),
+            end_ns: 6_000_000_000,
+            ..facts(times.len() as u64, 38, 1, vec![0])
+        };
+        let p = plan(&f, &opts(2.0)).unwrap();
+        assert!(p.vfr);
+        assert_eq!(p.min_frame_ns, 16_666_666);
+        assert_eq!(ranges(&p), vec![(0, 48), (48, 108), (108, 228)]);
+        for s in &p.segments {
+            assert_eq!(
+                s.start_ns, times[s.start_frame as usize],
+                "real frame times"
+            );
+        }
+        assert_eq!(p.end_ns(), 6_000_000_000);
+        assert!((p.max_fps() - 60.0).abs() < 0.01, "{}", p.max_fps());
+    }
+
+    #[test]
+    fn constant_rate_with_times_cuts_like_without() {
+        for (frames, num, den) in [(1000u64, 25u32, 1u32), (900, 30000, 1001), (1010, 25, 1)] {
+            let untimed = facts(frames, num, den, vec![0]);
+            let timed = SourceFacts {
+                frame_times_ns: (0..frames).map(|i| frame_time_ns(i, num, den)).collect(),
+                end_ns: frame_time_ns(frames, num, den),
+                ..untimed.clone()
+            };
+            let (a, b) = (
+                plan(&untimed, &opts(10.0)).unwrap(),
+                plan(&timed, &opts(10.0)).unwrap(),
+            );
+            assert_eq!(ranges(&a), ranges(&b), "{frames} @ {num}/{den}");
+            assert_eq!(a.segments, b.segments);
+            assert!(!b.vfr);
+        }
+    }
+
+    #[test]
+    fn hdr_is_refused_with_the_reason() {
+        let f = SourceFacts {
+            hdr: Some("PQ, SMPTE ST 2084".into()),
+            ..facts(100, 25, 1, vec![0])
+        };
+        let err = plan(&f, &opts(2.0)).unwrap_err();
+        assert!(err.to_string().contains("tone mapping"), "{err}");
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub enum EventKind {
         renditions: u32,
         tasks: u32,
         frames: u64,
+        /// Renditions of the spec that are not encoded, and why.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dropped: Vec<crate::plan::DroppedRung>,
     },
     TaskStarted {
         task: String,

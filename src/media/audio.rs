@@ -174,7 +174,13 @@ fn run(
     let parse = util::make("aacparse")?;
     let mux = util::make("mpegtsmux")?;
     let sink = util::done_file_sink(&pipeline, out)?;
-    util::add_chain(&pipeline, &[&convert, &resample, &enc, &parse, &mux, &sink])?;
+    // Mono stays mono, stereo and surround become stereo: AAC-LC in HLS is
+    // 1 or 2 channels, and left to itself audioconvert would pick mono.
+    let channels = util::make("capsfilter")?;
+    util::add_chain(
+        &pipeline,
+        &[&convert, &resample, &channels, &enc, &parse, &mux, &sink],
+    )?;
 
     pad_last_frame(&enc)?;
 
@@ -216,6 +222,7 @@ fn run(
     let convert_weak = convert.downgrade();
     let have = have_audio.clone();
     let wanted_stream = stream.map(str::to_string);
+    let channels_weak = channels.downgrade();
     parsebin.connect_pad_added(move |_, pad| {
         let Some(pipeline) = pipeline_weak.upgrade() else {
             return;
@@ -235,6 +242,20 @@ fn run(
             *h |= wanted;
             first
         };
+        if first {
+            let source_channels = caps
+                .structure(0)
+                .and_then(|s| s.get::<i32>("channels").ok())
+                .unwrap_or(2);
+            if let Some(c) = channels_weak.upgrade() {
+                c.set_property(
+                    "caps",
+                    gst::Caps::builder("audio/x-raw")
+                        .field("channels", source_channels.clamp(1, 2))
+                        .build(),
+                );
+            }
+        }
         let next = if first {
             let Ok(decodebin) = util::make("decodebin") else {
                 util::post_error(pipeline.upcast_ref(), "decodebin is not installed");

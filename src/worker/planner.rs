@@ -156,6 +156,7 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
                 renditions,
                 tasks: tasks_total,
                 frames: p.frames,
+                dropped: p.dropped.clone(),
             },
         )
         .await?;

@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 /// A nats-server child process with its own store directory.
 pub struct NatsServer {
@@ -421,4 +423,107 @@ pub fn http_get_body(port: u16, path: &str) -> Option<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// A real nats-server with the topology applied, a client, and a temp
+/// root for media: what a test of the running system starts from.
+pub struct Fixture {
+    pub server: NatsServer,
+    pub client: jetcode::Client,
+    pub root: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub async fn new() -> Self {
+        let server = NatsServer::start();
+        let nc = connect_applied(&server).await;
+        let client = jetcode::Client::from_nats(nc).await.unwrap();
+        Fixture {
+            server,
+            client,
+            root: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn clip(&self, name: &str, seconds: f64, w: u32, h: u32) -> PathBuf {
+        let p = self.root().join(name);
+        make_clip(&p, seconds, w, h);
+        p
+    }
+
+    pub fn worker(&self, id: &str, extra: &[&str]) -> WorkerProc {
+        WorkerProc::start(&self.server.url(), id, self.root(), extra, &[])
+    }
+
+    pub fn spec(
+        &self,
+        id: &str,
+        src: &Path,
+        renditions: serde_json::Value,
+        seg: f64,
+    ) -> jetcode::JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "id": id,
+            "source": format!("file://{}", src.display()),
+            "output": format!("file://{}/out/{id}/", self.root().display()),
+            "renditions": renditions,
+            "segment_seconds": seg,
+        }))
+        .unwrap()
+    }
+
+    pub fn out(&self, id: &str) -> PathBuf {
+        self.root().join("out").join(id)
+    }
+
+    /// Every event of a job so far.
+    pub async fn events(&self, id: &str) -> Vec<jetcode::Event> {
+        let mut evs = Box::pin(self.client.watch(id).await.unwrap());
+        let mut out = Vec::new();
+        while let Ok(Some(Ok(e))) =
+            tokio::time::timeout(Duration::from_millis(500), evs.next()).await
+        {
+            out.push(e);
+        }
+        out
+    }
+
+    /// Id of the first segment task that starts.
+    pub async fn first_segment_started(&self, id: &str) -> String {
+        let e = self
+            .wait_event(
+                id,
+                "a segment started",
+                |k| matches!(k, jetcode::EventKind::TaskStarted { task, .. } if task.starts_with("seg-")),
+            )
+            .await;
+        match e.kind {
+            jetcode::EventKind::TaskStarted { task, .. } => task,
+            _ => unreachable!("filtered above"),
+        }
+    }
+
+    pub async fn wait_event(
+        &self,
+        id: &str,
+        what: &str,
+        pred: impl Fn(&jetcode::EventKind) -> bool,
+    ) -> jetcode::Event {
+        let mut evs = Box::pin(self.client.watch(id).await.unwrap());
+        let found = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(e) = evs.next().await {
+                let e = e.unwrap();
+                if pred(&e.kind) {
+                    return e;
+                }
+            }
+            panic!("event stream ended before {what}");
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
 }
