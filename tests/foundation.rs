@@ -128,6 +128,26 @@ async fn submit_dedupes_by_id_and_names_anonymous_jobs() {
     let ack: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(ack["stream"], subjects::JOBS_STREAM, "{ack}");
     assert_eq!(stream_messages(&js, subjects::JOBS_STREAM).await, 4);
+
+    // Streams recreated (a rebuilt cluster): fresh ids still never repeat.
+    js.delete_stream(subjects::JOBS_STREAM).await.unwrap();
+    streams::apply(&js).await.unwrap();
+    for _ in 0..3 {
+        let id = client.submit(&spec(None)).await.unwrap();
+        assert!(id != anon && id != anon2, "{id} reused after recreate");
+    }
+
+    // A taken id (it has a record) refuses another spec, accepts its own.
+    let own = spec(Some("taken"));
+    let rec =
+        jetcode::JobRecord::unplanned("taken", Some(own.clone()), jetcode::JobState::Running, "");
+    assert!(client.ledger().create_record(&rec).await.unwrap());
+    let mut other = own.clone();
+    other.segment_seconds = Some(3.0);
+    let err = client.submit(&other).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidSpec);
+    assert!(err.to_string().contains("different spec"), "{err}");
+    assert_eq!(client.submit(&own).await.unwrap().0, "taken");
 }
 
 #[tokio::test]

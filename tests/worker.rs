@@ -345,6 +345,19 @@ async fn stopped_job_resumes_without_reencoding_checkpointed_parts() {
                 )
             })
             .collect();
+    // A crash between a checkpoint and its ack leaves a checkpointed task
+    // queued: queue a late copy of each, which must not be encoded again.
+    let rec = f.client.status("resume").await.unwrap();
+    let (spec, plan) = jetcode::dispatch::planned(&rec).unwrap();
+    let copies: Vec<_> = jetcode::dispatch::work_tasks("resume", spec, plan)
+        .unwrap()
+        .into_iter()
+        .filter(|t| before.contains(&t.id))
+        .collect();
+    let js = async_nats::jetstream::new(f.client.nats().clone());
+    jetcode::dispatch::publish(&js, &copies, Some("late"))
+        .await
+        .unwrap();
     let _b = f.worker("second", &[]);
     let rec = f
         .client
@@ -370,7 +383,17 @@ async fn stopped_job_resumes_without_reencoding_checkpointed_parts() {
 async fn cancel_stops_work_within_seconds() {
     let f = Fixture::new().await;
     let src = f.clip("in.mp4", 20.0, 640, 360);
-    let _w = f.worker("w", &[]);
+    // The first segment's child hangs (stall timeout 60 s): only the
+    // cancel can end it within the bound, however fast the machine.
+    let marker = f.root().join("stall.marker");
+    let failpoint = format!("segment:{}", marker.display());
+    let _w = WorkerProc::start(
+        &f.server.url(),
+        "w",
+        f.root(),
+        &[],
+        &[("JETCODE_FAILPOINT_STALL_ONCE", &failpoint)],
+    );
     f.client
         .submit(&f.spec(
             "cancel",
@@ -400,6 +423,7 @@ async fn cancel_stops_work_within_seconds() {
         },
     )
     .await;
+    assert!(marker.exists(), "the failpoint fired");
     let err = f
         .client
         .wait("cancel", Some(Duration::from_secs(5)))
@@ -908,6 +932,12 @@ async fn cancel_before_planning_wins_and_retry_resumes_from_checkpoints() {
     .await;
     let rec = f.client.cancel("resumed").await.unwrap();
     assert_eq!(rec.state, JobState::Cancelled);
+    let js = async_nats::jetstream::new(f.client.nats().clone());
+    assert_eq!(
+        jetcode::dispatch::queued(&js, "resumed").await.unwrap(),
+        (0, 0),
+        "cancel purges the job's queued tasks"
+    );
     let done_before: HashSet<String> = f
         .client
         .ledger()
@@ -1423,4 +1453,37 @@ async fn dead_letter_of_an_unknown_job_is_dropped_after_bounded_tries() {
     // Still on record in the dead-letter stream; only the asking stopped.
     let mut dead = js.get_stream(subjects::DEAD_STREAM).await.unwrap();
     assert_eq!(dead.info().await.unwrap().state.messages, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_completes_when_its_events_cannot_be_published() {
+    let f = Fixture::new().await;
+    let src = f.clip("in.mp4", 4.0, 320, 180);
+    let _w = f.worker("w", &["--retry-backoff", "0.2"]);
+    wait_worker_live(&f, "w").await;
+    // Events are telemetry: a stream that refuses every one of them must
+    // not stop the work (the record tells how the job ended).
+    let js = async_nats::jetstream::new(f.client.nats().clone());
+    let mut events = js
+        .get_stream(jetcode::subjects::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let mut cfg = events.info().await.unwrap().config.clone();
+    cfg.max_message_size = 1;
+    js.update_stream(&cfg).await.unwrap();
+    let spec = f.spec(
+        "muted",
+        &src,
+        serde_json::json!([small("r180", 180, "ultrafast")]),
+        2.0,
+    );
+    f.client.submit(&spec).await.unwrap();
+    let rec = f
+        .client
+        .wait("muted", Some(Duration::from_secs(120)))
+        .await
+        .expect("job completes without events");
+    assert_eq!(rec.state, JobState::Done);
+    assert_outputs(&f.out("muted"), &src, &["r180"]);
+    assert!(f.events("muted").await.is_empty(), "events were refused");
 }

@@ -307,7 +307,12 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
 
     let span = last.saturating_sub(first_pts_ns);
     let total = duration.filter(|d| *d > 0).unwrap_or(span);
-    let (fps_num, fps_den) = frame_rate(s, frames, span)
+    // From the first frame's start to the last one's: frames - 1 gaps.
+    let starts_span = match (order.first(), order.last()) {
+        (Some(a), Some(b)) => b.0.saturating_sub(a.0),
+        _ => 0,
+    };
+    let (fps_num, fps_den) = frame_rate(s, frames, starts_span)
         .ok_or_else(|| MediaError::permanent(format!("{name}: frame rate unknown")))?;
     let par = s
         .get::<gst::Fraction>("pixel-aspect-ratio")
@@ -370,14 +375,14 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
 /// The caps' frame rate, unless the frames say otherwise: variable-rate
 /// sources carry a nominal (often the highest) rate or none at all; then
 /// the average over the real frames is the useful one.
-fn frame_rate(s: &gst::StructureRef, frames: u64, span: u64) -> Option<(u32, u32)> {
+fn frame_rate(s: &gst::StructureRef, frames: u64, starts_span: u64) -> Option<(u32, u32)> {
     let caps = s
         .get::<gst::Fraction>("framerate")
         .ok()
         .filter(|f| f.numer() > 0 && f.denom() > 0)
         .map(|f| (f.numer() as u32, f.denom() as u32));
-    // frames - 1 gaps between the first and the last frame's start.
-    let measured = (frames > 1 && span > 0).then(|| (frames - 1) as f64 * 1e9 / span as f64);
+    let measured =
+        (frames > 1 && starts_span > 0).then(|| (frames - 1) as f64 * 1e9 / starts_span as f64);
     match (caps, measured) {
         (Some((n, d)), Some(m)) if ((n as f64 / d as f64) - m).abs() > m * 0.01 => {
             Some(((m * 1000.0).round() as u32, 1000))
