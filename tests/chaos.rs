@@ -18,7 +18,7 @@ fn spec(root: &Path, id: &str, src: &Path) -> JobSpec {
         "id": id,
         "source": format!("file://{}", src.display()),
         "output": format!("file://{}/out/{id}/", root.display()),
-        "renditions": [r("r240", 240), r("r144", 144)],
+        "renditions": [r("r180", 180), r("r144", 144)],
         "segment_seconds": 2.0,
     }))
     .unwrap()
@@ -116,7 +116,7 @@ async fn kill9_workers_and_restart_nats_mid_job_every_job_ends_exact() {
         let rec = c.status(j).await.unwrap();
         assert_eq!(rec.state, JobState::Done, "{j}: {:?}", rec.error);
         let out = root.path().join("out").join(j);
-        for r in ["r240", "r144"] {
+        for r in ["r180", "r144"] {
             assert_eq!(
                 ffprobe_frames(&out.join(format!("{r}.mp4"))),
                 want_frames,
@@ -127,7 +127,7 @@ async fn kill9_workers_and_restart_nats_mid_job_every_job_ends_exact() {
         let done = c.ledger().done_tasks(j).await.unwrap();
         assert_eq!(done.len() as u32, rec.tasks_total + 1, "{j}: {done:?}");
         let segments = rec.plan.as_ref().unwrap().segments.len();
-        for r in ["r240", "r144"] {
+        for r in ["r180", "r144"] {
             let parts = std::fs::read_dir(out.join("parts").join(r))
                 .unwrap()
                 .count();
@@ -159,7 +159,7 @@ async fn kill9_workers_and_restart_nats_mid_job_every_job_ends_exact() {
     let mut compared = 0;
     for j in jobs {
         let mut keys = vec![jetcode::subjects::AUDIO_PART_KEY.to_string()];
-        for r in ["r240", "r144"] {
+        for r in ["r180", "r144"] {
             keys.extend((0..segments).map(|i| jetcode::subjects::part_key(r, i)));
         }
         for key in keys {
@@ -307,7 +307,7 @@ async fn frozen_worker_past_ack_wait_corrupts_and_duplicates_nothing() {
         .expect("job ends done");
     assert_eq!(rec.state, JobState::Done);
     let out = root.path().join("out/thaw");
-    assert_eq!(ffprobe_frames(&out.join("r240.mp4")), want_frames);
+    assert_eq!(ffprobe_frames(&out.join("r180.mp4")), want_frames);
     let done = c.ledger().done_tasks("thaw").await.unwrap();
     assert_eq!(done.len() as u32, rec.tasks_total + 1, "{done:?}");
     // The stitch verified every part against its checkpoint digest, so a
@@ -397,7 +397,7 @@ async fn three_node_cluster_survives_stream_and_meta_leader_kills_mid_job() {
         .expect("job ends done");
     assert_eq!(rec.state, JobState::Done);
     let out = root.path().join("out/clustered");
-    for r in ["r240", "r144"] {
+    for r in ["r180", "r144"] {
         assert_eq!(
             ffprobe_frames(&out.join(format!("{r}.mp4"))),
             want_frames,

@@ -186,9 +186,15 @@ pub fn stitch(
                 None,
                 duration_s,
             )?);
+            let decode_lead = parts
+                .parts
+                .first()
+                .and_then(|p| ts::first_video_decode_lead(&dir.join(&p.key)))
+                .unwrap_or(0);
             variants.push(Variant {
                 name: r.name.clone(),
                 size: parts.size,
+                decode_lead,
                 video_codec: video_codec_string(dir, r),
                 peak,
                 avg,
@@ -803,6 +809,8 @@ fn video_codec_string(dir: &Path, r: &Rendition) -> String {
 struct Variant {
     name: String,
     size: (u32, u32),
+    /// PTS - DTS of the first frame, 90 kHz ticks (B-frame reorder delay).
+    decode_lead: u64,
     video_codec: String,
     /// Video bitrates, bit/s.
     peak: u64,
@@ -906,6 +914,18 @@ fn master_playlist(plan: &Plan, variants: &[Variant], audio: Option<&AudioRendit
         };
         text.push_str(&format!(
             "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aac\",NAME=\"audio\",LANGUAGE=\"{lang}\",DEFAULT=YES,AUTOSELECT=YES{channels},URI=\"audio.m3u8\"\n",
+        ));
+    }
+    // The first frame is shown its B-frame reorder delay after the first
+    // decode time, where hls.js puts time zero: starting at 0 it finds a
+    // hole, reports bufferSeekOverHole and skips the first frames. The
+    // start hint puts the playhead on the first frame. PRECISE=NO: players
+    // that honour it start at the beginning of the first segment anyway.
+    let lead = variants.iter().map(|v| v.decode_lead).max().unwrap_or(0);
+    if lead > 0 {
+        text.push_str(&format!(
+            "#EXT-X-START:TIME-OFFSET={:.3},PRECISE=NO\n",
+            ts::ticks_to_ns(lead) as f64 / 1e9
         ));
     }
     let fps = format!("{:.3}", plan.max_fps());

@@ -46,15 +46,17 @@ fn pes_header(p: &[u8]) -> Option<(u8, Option<u64>, usize)> {
     if p.len() < 9 || p[0] != 0 || p[1] != 0 || p[2] != 1 {
         return None;
     }
-    let pts = (p[7] & 0x80 != 0 && p.len() >= 14).then(|| {
-        let b = &p[9..14];
-        (((b[0] as u64) >> 1) & 7) << 30
-            | (b[1] as u64) << 22
-            | ((b[2] as u64) >> 1) << 15
-            | (b[3] as u64) << 7
-            | (b[4] as u64) >> 1
-    });
+    let pts = (p[7] & 0x80 != 0 && p.len() >= 14).then(|| timestamp(&p[9..14]));
     Some((p[3], pts, (9 + p[8] as usize).min(p.len())))
+}
+
+/// A 33-bit PES timestamp from its 5 marker-interleaved bytes.
+fn timestamp(b: &[u8]) -> u64 {
+    (((b[0] as u64) >> 1) & 7) << 30
+        | (b[1] as u64) << 22
+        | ((b[2] as u64) >> 1) << 15
+        | (b[3] as u64) << 7
+        | (b[4] as u64) >> 1
 }
 
 fn is_av_stream(id: u8) -> bool {
@@ -268,6 +270,31 @@ pub(crate) fn byte_ranges(
 pub(crate) fn first_pts(path: &Path) -> Option<u64> {
     let data = read_head(path, 1 << 20)?;
     data.chunks_exact(PACKET).find_map(pes_pts)
+}
+
+/// How long the first video frame of `path` is presented after it is
+/// decoded (its PTS minus its DTS, 90 kHz ticks): the reorder delay of
+/// B-frames. Players that put time zero at the first decode time see
+/// nothing until then.
+pub(crate) fn first_video_decode_lead(path: &Path) -> Option<u64> {
+    let data = read_head(path, 1 << 20)?;
+    data.chunks_exact(PACKET).find_map(|pkt| {
+        let p = packet(pkt)?;
+        if !p.start {
+            return None;
+        }
+        let h = p.payload;
+        let (id, pts, _) = pes_header(h)?;
+        if !is_video_stream(id) {
+            return None;
+        }
+        let pts = pts?;
+        // PTS_DTS_flags == 0b11: a DTS follows the PTS.
+        if h[7] & 0xC0 != 0xC0 || h.len() < 19 {
+            return Some(0);
+        }
+        Some(pts_diff(timestamp(&h[14..19]), pts))
+    })
 }
 
 /// 90 kHz ticks to nanoseconds.
