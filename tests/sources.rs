@@ -141,6 +141,21 @@ fn assert_done(rec: &JobRecord) {
     assert_eq!(rec.state, JobState::Done, "{}: {:?}", rec.id, rec.error);
 }
 
+/// Every MP4 of a job has the source's frames and its A/V alignment.
+fn assert_exact(out: &Path, src: &Path) {
+    let want = ffprobe_frames(src);
+    let mut mp4s = 0;
+    for e in std::fs::read_dir(out).unwrap().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "mp4") {
+            assert_eq!(ffprobe_frames(&p), want, "{}", p.display());
+            assert_av_aligned(&p, src);
+            mp4s += 1;
+        }
+    }
+    assert!(mp4s > 0, "no MP4 in {}", out.display());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn variable_frame_rate_keeps_every_frame_at_its_time() {
     let f = Fixture::new().await;
@@ -260,6 +275,7 @@ async fn rotated_phone_video_comes_out_upright() {
         let id = format!("rot{degrees}");
         let rec = transcode(&f, &id, &src, json!([rung("r240", 240)])).await;
         assert_done(&rec);
+        assert_exact(&f.out(&id), &src);
         let out = f.out(&id).join("r240.mp4");
         let v = ffprobe(&out);
         let v = stream(&v, "video").unwrap();
@@ -342,6 +358,7 @@ async fn anamorphic_and_scope_pictures_keep_their_shape() {
     ]);
     let rec = transcode(&f, "ana", &ana, json!([rung("r360", 360)])).await;
     assert_done(&rec);
+    assert_exact(&f.out("ana"), &ana);
     let p = ffprobe(&f.out("ana").join("r360.mp4"));
     let v = stream(&p, "video").unwrap();
     assert_eq!(
@@ -370,6 +387,7 @@ async fn anamorphic_and_scope_pictures_keep_their_shape() {
     let hd = json!([{"name": "r1080", "height": 1080, "crf": 30, "preset": "ultrafast"}]);
     let rec = transcode(&f, "scope", &scope, hd).await;
     assert_done(&rec);
+    assert_exact(&f.out("scope"), &scope);
     let p = ffprobe(&f.out("scope").join("r1080.mp4"));
     let v = stream(&p, "video").unwrap();
     assert_eq!(
@@ -408,6 +426,7 @@ async fn audio_mono_stays_mono_default_track_wins_and_silence_works() {
     ]);
     let rec = transcode(&f, "mono", &mono, json!([rung("r240", 240)])).await;
     assert_done(&rec);
+    assert_exact(&f.out("mono"), &mono);
     let p = ffprobe(&f.out("mono").join("r240.mp4"));
     assert_eq!(stream(&p, "audio").unwrap()["channels"].as_u64(), Some(1));
 
@@ -449,6 +468,7 @@ async fn audio_mono_stays_mono_default_track_wins_and_silence_works() {
     ]);
     let rec = transcode(&f, "two", &two, json!([rung("r240", 240)])).await;
     assert_done(&rec);
+    assert_exact(&f.out("two"), &two);
     let plan = rec.plan.as_ref().unwrap();
     assert_eq!(plan.audio_channels, 6, "the default (5.1) track was chosen");
     let p = ffprobe(&f.out("two").join("r240.mp4"));
@@ -463,6 +483,7 @@ async fn audio_mono_stays_mono_default_track_wins_and_silence_works() {
     );
     let rec = transcode(&f, "silent", &silent, json!([rung("r240", 240)])).await;
     assert_done(&rec);
+    assert_exact(&f.out("silent"), &silent);
     let p = ffprobe(&f.out("silent").join("r240.mp4"));
     assert!(stream(&p, "audio").is_none());
     assert_eq!(ffprobe_frames(&f.out("silent").join("r240.mp4")), 75);
@@ -480,6 +501,7 @@ async fn small_source_is_not_upscaled_by_a_big_ladder() {
     );
     let rec = transcode(&f, "ladder", &src, json!(["hls-ladder"])).await;
     assert_done(&rec);
+    assert_exact(&f.out("ladder"), &src);
     let plan = rec.plan.as_ref().unwrap();
     let dropped: Vec<_> = plan.dropped.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(dropped, ["h264-1080p", "h264-720p", "h264-480p"]);
@@ -517,6 +539,7 @@ async fn ten_bit_is_encoded_8_bit_and_hdr_is_refused_with_the_reason() {
     );
     let rec = transcode(&f, "tenbit", &tenbit, json!([rung("r240", 240)])).await;
     assert_done(&rec);
+    assert_exact(&f.out("tenbit"), &tenbit);
     let p = ffprobe(&f.out("tenbit").join("r240.mp4"));
     assert_eq!(stream(&p, "video").unwrap()["pix_fmt"], "yuv420p");
 

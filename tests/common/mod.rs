@@ -263,7 +263,11 @@ pub fn ffprobe_frames(path: &std::path::Path) -> u64 {
         .arg(path)
         .output()
         .expect("ffprobe");
+    // Rotated streams add a side-data column: "75,".
     String::from_utf8_lossy(&out.stdout)
+        .split([',', '\n'])
+        .next()
+        .unwrap_or("")
         .trim()
         .parse()
         .unwrap_or_else(|_| {
