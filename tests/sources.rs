@@ -137,6 +137,10 @@ fn assert_av_aligned(out: &Path, src: &Path) {
     );
 }
 
+fn manifest(out: &Path) -> jetcode::Manifest {
+    serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap()
+}
+
 fn assert_done(rec: &JobRecord) {
     assert_eq!(rec.state, JobState::Done, "{}: {:?}", rec.id, rec.error);
 }
@@ -471,6 +475,11 @@ async fn audio_mono_stays_mono_default_track_wins_and_silence_works() {
     assert_exact(&f.out("two"), &two);
     let plan = rec.plan.as_ref().unwrap();
     assert_eq!(plan.audio_channels, 6, "the default (5.1) track was chosen");
+    let audio = manifest(&f.out("two"))
+        .audio
+        .expect("the manifest names the track");
+    assert_eq!(audio.stream, plan.audio_stream);
+    assert_eq!(audio.channels, 2);
     let p = ffprobe(&f.out("two").join("r240.mp4"));
     assert_eq!(stream(&p, "audio").unwrap()["channels"].as_u64(), Some(2));
 
@@ -512,6 +521,12 @@ async fn small_source_is_not_upscaled_by_a_big_ladder() {
     );
     let out = f.out("ladder");
     assert!(!out.join("h264-1080p.mp4").exists());
+    let m = manifest(&out);
+    assert_eq!(
+        m.dropped.len(),
+        3,
+        "the manifest says what was dropped and why"
+    );
     let p = ffprobe(&out.join("h264-360p.mp4"));
     let v = stream(&p, "video").unwrap();
     assert_eq!(
@@ -627,4 +642,7 @@ async fn one_undecodable_frame_does_not_fail_the_job() {
     assert_done(&rec);
     let frames = ffprobe_frames(&f.out("corrupt").join("r240.mp4"));
     assert!((149..=150).contains(&frames), "{frames} frames of 150");
+    let m = manifest(&f.out("corrupt"));
+    assert_eq!(m.frames, frames);
+    assert_eq!(m.undecodable_frames.unwrap_or(0), 150 - frames);
 }
