@@ -932,3 +932,50 @@ fn mkv_ts_and_webm_sources_are_frame_exact() {
         check_job(&src, &out, &p, &m);
     }
 }
+
+/// A segment that starts on a source keyframe seeks to that keyframe, not
+/// to the one before: its decoder produces its own frames and the one that
+/// ends it, not a whole extra GOP (counted by the child itself).
+#[test]
+fn keyframe_aligned_segments_decode_only_their_own_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = ClipOptions {
+        seconds: 12.0,
+        gop: 50,
+        ..Default::default()
+    };
+    let src = clip(dir.path(), "src.mp4", &o);
+    let facts = probe::probe(&src).unwrap();
+    let p = plan(
+        &facts,
+        &PlanOptions {
+            target_seconds: 2.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = rendition("r120", 120, 30);
+    assert!(p.segments.iter().all(|s| s.starts_on_keyframe));
+    for s in &p.segments {
+        let work = SegmentWork {
+            input: src.clone(),
+            output: dir.path().join(part_key(&r.name, s.index)),
+            rendition: r.clone(),
+            segment: *s,
+            fps_num: p.fps_num,
+            fps_den: p.fps_den,
+            pts_offset_ns: p.pts_offset_ns,
+            min_frame_ns: p.min_frame_ns,
+            orientation: None,
+        };
+        let stats = segment::encode_segment_stats(&work, &mut |_, _| {}).unwrap();
+        assert_eq!(stats.frames, s.frames());
+        assert!(
+            stats.decoded <= s.frames() + 3,
+            "segment {} decoded {} frames for {}",
+            s.index,
+            stats.decoded,
+            s.frames()
+        );
+    }
+}

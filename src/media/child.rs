@@ -79,12 +79,16 @@ fn dispatch(kind: &str, task_json: &str) -> Result<(u64, serde_json::Value), Med
         "segment" => {
             let work: SegmentWork = parse(task_json)?;
             let total = work.segment.frames();
-            let frames = segment::encode_segment(&work, &mut |done, fps| {
+            let stats = segment::encode_segment_stats(&work, &mut |done, fps| {
                 emit(&ChildLine::Progress { done, total, fps })
             })?;
             Ok((
-                frames,
-                serde_json::json!({ "segment": work.segment.index, "rendition": work.rendition.name }),
+                stats.frames,
+                serde_json::json!({
+                    "segment": work.segment.index,
+                    "rendition": work.rendition.name,
+                    "decoded": stats.decoded,
+                }),
             ))
         }
         "audio" => {

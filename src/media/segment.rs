@@ -34,14 +34,36 @@ use crate::task::SegmentWork;
 const DEFAULT_CRF: u32 = 23;
 /// Extra distance before a segment's start the seek aims at, nanoseconds.
 const SEEK_MARGIN_NS: u64 = 250_000_000;
+/// Slack before a keyframe-aligned segment's first frame, nanoseconds:
+/// timestamp rounding of the coarsest containers (Matroska's 1 ms).
+const START_SLACK_NS: u64 = 1_000_000;
 /// VBV buffer for capped CRF / bitrate modes, milliseconds.
 const VBV_MS: u32 = 2000;
 
-/// Encode `work`; returns frames written (always `work.segment.frames()` on success).
+/// What a segment encode did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SegmentStats {
+    /// Frames written to the part.
+    pub frames: u64,
+    /// Frames the decoder produced, the segment's own included: above
+    /// `frames` by what decoding from the previous keyframe cost.
+    pub decoded: u64,
+}
+
+/// Encode `work`; returns frames written (`work.segment.frames()`, less
+/// at most [`undecodable_allowance`] frames the decoder could not decode).
 pub fn encode_segment(
     work: &SegmentWork,
     progress: &mut dyn FnMut(u64, f64),
 ) -> Result<u64, MediaError> {
+    encode_segment_stats(work, progress).map(|s| s.frames)
+}
+
+/// [`encode_segment`], with the decoder's count.
+pub fn encode_segment_stats(
+    work: &SegmentWork,
+    progress: &mut dyn FnMut(u64, f64),
+) -> Result<SegmentStats, MediaError> {
     util::init()?;
     let seg = work.segment;
     if seg.end_ns <= seg.start_ns || seg.frames() == 0 {
@@ -58,7 +80,9 @@ pub fn encode_segment(
     let tmp = util::tmp_path(&work.output);
     let res = run(work, encoder, parser, &tmp, progress);
     match res {
-        Ok(n) if n <= seg.frames() && seg.frames() - n <= undecodable_allowance(seg.frames()) => {
+        Ok(stats @ SegmentStats { frames: n, .. })
+            if n <= seg.frames() && seg.frames() - n <= undecodable_allowance(seg.frames()) =>
+        {
             if n < seg.frames() {
                 // A corrupt frame the decoder could not decode: the part
                 // keeps its neighbours' timing, the stitch counts what the
@@ -70,9 +94,9 @@ pub fn encode_segment(
                 );
             }
             util::commit_once(&tmp, &work.output)?;
-            Ok(n)
+            Ok(stats)
         }
-        Ok(n) => {
+        Ok(SegmentStats { frames: n, .. }) => {
             let _ = std::fs::remove_file(&tmp);
             Err(MediaError::permanent(format!(
                 "segment {} wrote {n} frames, expected {} (frames {}..{})",
@@ -224,7 +248,7 @@ fn run(
     parser: gst::Element,
     out: &Path,
     progress: &mut dyn FnMut(u64, f64),
-) -> Result<u64, MediaError> {
+) -> Result<SegmentStats, MediaError> {
     let seg = work.segment;
     let frame_ns = frame_time_ns(1, work.fps_num, work.fps_den).max(1);
     // Boundaries are real frame times: any tolerance below half the
@@ -233,7 +257,16 @@ fn run(
         0 => frame_ns / 2,
         m => (m / 2).min(frame_ns / 2),
     };
-    let keep_from = seg.start_ns.saturating_sub(half);
+    // Decoding starts at the segment's own keyframe when it has one (see
+    // seek_to_start); a decoder may then emit a frame with an interpolated
+    // timestamp just before it, which is no source frame. The real first
+    // frame's time is exact (the probe read the same timestamps), so only
+    // a rounding tick of slack is left before it.
+    let keep_from = if seg.starts_on_keyframe && work.pts_offset_ns.is_some() {
+        seg.start_ns.saturating_sub(half.min(START_SLACK_NS))
+    } else {
+        seg.start_ns.saturating_sub(half)
+    };
     let keep_until = seg.end_ns.saturating_sub(half);
     let pts_offset_ns = work.pts_offset_ns;
 
@@ -290,6 +323,8 @@ fn run(
         });
     }
 
+    let decoded = Arc::new(AtomicU64::new(0));
+    let decoded_in_pad = decoded.clone();
     let (tx, rx) = mpsc::channel::<Blocked>();
     let tx = Mutex::new(tx);
     let have_video = Arc::new(Mutex::new(false));
@@ -347,12 +382,19 @@ fn run(
             return;
         }
         let convert_weak = convert_weak.clone();
+        let decoded_by_guard = decoded_in_pad.clone();
         decodebin.connect_pad_added(move |_, dpad| {
             let caps = dpad.current_caps().unwrap_or_else(|| dpad.query_caps(None));
             if caps.structure(0).is_none_or(|s| s.name() != "video/x-raw") {
                 return;
             }
-            install_guard(dpad, keep_from, keep_until, pts_offset_ns);
+            install_guard(
+                dpad,
+                keep_from,
+                keep_until,
+                pts_offset_ns,
+                decoded_by_guard.clone(),
+            );
             if let Some(sinkpad) = convert_weak.upgrade().and_then(|c| c.static_pad("sink")) {
                 let _ = dpad.link(&sinkpad);
             }
@@ -396,7 +438,7 @@ fn run(
                         .build(),
                 );
             }
-            seek_to_start(&b, seg.start_ns, frame_ns, half)?;
+            seek_to_start(&b, &seg, pts_offset_ns, frame_ns, half)?;
             b.pad.remove_probe(b.probe);
         }
         let done = written.load(Ordering::Relaxed);
@@ -410,7 +452,10 @@ fn run(
     let done = written.load(Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     progress(done, if secs > 0.0 { done as f64 / secs } else { 0.0 });
-    Ok(done)
+    Ok(SegmentStats {
+        frames: done,
+        decoded: decoded.load(Ordering::Relaxed),
+    })
 }
 
 /// Seek the blocked parsed-video pad so decoding starts one frame before
@@ -418,7 +463,14 @@ fn run(
 /// after a flushing seek every demuxer sends one consistent segment, while
 /// some (matroskademux) start with a provisional one they replace without a
 /// flush, which would shift the first frames' stream time.
-fn seek_to_start(b: &Blocked, start_ns: u64, frame_ns: u64, half: u64) -> Result<(), MediaError> {
+fn seek_to_start(
+    b: &Blocked,
+    segment: &crate::plan::Segment,
+    pts_offset_ns: Option<i64>,
+    frame_ns: u64,
+    half: u64,
+) -> Result<(), MediaError> {
+    let start_ns = segment.start_ns;
     let Some(seg) = b
         .segment
         .as_ref()
@@ -435,14 +487,29 @@ fn seek_to_start(b: &Blocked, start_ns: u64, frame_ns: u64, half: u64) -> Result
     // harmless, the guard trims to the exact frames. (An ACCURATE seek lets
     // the decoder clip at a position that may be past `start_ns` and lose
     // frames.)
-    let target_st = start_ns.saturating_sub(frame_ns + half + SEEK_MARGIN_NS);
+    //
+    // A segment that starts on a source keyframe aims a quarter frame past
+    // it: snapping back lands on that keyframe, so decoding starts exactly
+    // there instead of a whole GOP earlier. If a demuxer's seek space puts
+    // the aim before the keyframe, it snaps to the previous one: a GOP of
+    // wasted decoding, never a lost frame.
+    let target_st = if segment.starts_on_keyframe {
+        start_ns + half / 2
+    } else {
+        start_ns.saturating_sub(frame_ns + half + SEEK_MARGIN_NS)
+    };
     let raw = gst::ClockTime::from_nseconds(target_st);
+    // The same instant as a demuxer timestamp, for demuxers that seek in it.
+    let as_pts = pts_offset_ns.map_or(raw, |off| {
+        gst::ClockTime::from_nseconds((target_st as i64 + off.min(0)).max(0) as u64)
+    });
     let pos = if target_st >= seg.time().map_or(0, |t| t.nseconds()) {
         seg.position_from_stream_time(raw)
             .map_or(raw, |p| p.min(raw))
     } else {
         raw
-    };
+    }
+    .min(as_pts);
     let seek = gst::event::Seek::new(
         1.0,
         gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE,
@@ -463,7 +530,13 @@ fn seek_to_start(b: &Blocked, start_ns: u64, frame_ns: u64, half: u64) -> Result
 /// Keep decoded frames with stream time in `[keep_from, keep_until)`,
 /// retimed to stream time under a zero-based segment; send EOS downstream at
 /// the first frame past the end.
-fn install_guard(pad: &gst::Pad, keep_from: u64, keep_until: u64, pts_offset_ns: Option<i64>) {
+fn install_guard(
+    pad: &gst::Pad,
+    keep_from: u64,
+    keep_until: u64,
+    pts_offset_ns: Option<i64>,
+    decoded: Arc<AtomicU64>,
+) {
     let guard = Mutex::new(Guard {
         segment: None,
         ended: false,
@@ -500,6 +573,7 @@ fn install_guard(pad: &gst::Pad, keep_from: u64, keep_until: u64, pts_offset_ns:
             let Some(buf) = info.buffer() else {
                 return gst::PadProbeReturn::Ok;
             };
+            decoded.fetch_add(1, Ordering::Relaxed);
             // Select and output on the stream-time timeline (the probe's and
             // the audio's).
             let Some(pts) = buf.pts() else {
