@@ -1363,6 +1363,14 @@ async fn completion_check_lists_checkpoints_about_once_per_job() {
         "{scans} checkpoint listings for {} tasks",
         rec.tasks_total
     );
+    // Encoded frames are the segments' frames: not the audio child's
+    // milliseconds nor the stitch's muxed frames.
+    let encoded: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("jetcode_frames_encoded_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(encoded, rec.plan.as_ref().unwrap().frames);
 }
 
 /// SIGTERM while a job is being planned: the drain lets the probe finish

@@ -486,10 +486,16 @@ async fn run_task(
             }
         }
     }
+    // Only segment children encode video frames: the audio child reports
+    // milliseconds and the stitch muxed frames, which counted as encoded
+    // made idle workers show tens of thousands of fps.
     let frames_counter = &w.frames;
+    let encodes = kind == "segment";
     let on_frames = move |n: u64| {
-        frames_counter.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!(m::FRAMES_ENCODED).increment(n);
+        if encodes {
+            frames_counter.fetch_add(n, Ordering::Relaxed);
+            metrics::counter!(m::FRAMES_ENCODED).increment(n);
+        }
     };
     // A worker that missed the cancel message still stops a dead job.
     let stop = token.child_token();
