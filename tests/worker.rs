@@ -1495,3 +1495,37 @@ async fn job_completes_when_its_events_cannot_be_published() {
     assert_outputs(&f.out("muted"), &src, &["r180"]);
     assert!(f.events("muted").await.is_empty(), "events were refused");
 }
+
+/// A package upgrade replaces the binary under running workers: their
+/// children must still start (from the running binary, so they match
+/// their worker's version) instead of failing every task.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_keep_encoding_after_their_binary_is_replaced() {
+    let f = Fixture::new().await;
+    let bin = f.root().join("jetcode-installed");
+    std::fs::copy(jetcode_bin(), &bin).unwrap();
+    let _w = WorkerProc::start_bin(&bin, &f.server.url(), "upgraded", f.root(), &[], &[]);
+    wait_for(Duration::from_secs(30), "worker live", || async {
+        f.client.workers().await.is_ok_and(|w| w.len() == 1)
+    })
+    .await;
+    // What a package manager does: the new file renamed over the old path.
+    let staged = f.root().join("jetcode-installed.new");
+    std::fs::write(&staged, b"#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::rename(&staged, &bin).unwrap();
+    let src = f.clip("in.mp4", 4.0, 320, 180);
+    let spec = f.spec(
+        "after-upgrade",
+        &src,
+        serde_json::json!([small("r180", 180, "ultrafast")]),
+        2.0,
+    );
+    f.client.submit(&spec).await.unwrap();
+    let rec = f
+        .client
+        .wait("after-upgrade", Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, JobState::Done);
+    assert_outputs(&f.out("after-upgrade"), &src, &["r180"]);
+}

@@ -59,10 +59,17 @@ pub struct ChildSpec<'a> {
 
 /// The program run as a child: this executable, unless overridden for tests.
 fn child_program() -> std::io::Result<std::path::PathBuf> {
-    match std::env::var_os("JETCODE_CHILD_BIN") {
-        Some(p) => Ok(p.into()),
-        None => std::env::current_exe(),
+    if let Some(p) = std::env::var_os("JETCODE_CHILD_BIN") {
+        return Ok(p.into());
     }
+    // The running binary itself, even after an upgrade replaced the file
+    // on disk (its path then names the new one, or nothing while it is
+    // being written): children always match their worker's version.
+    let running = std::path::Path::new("/proc/self/exe");
+    if running.exists() {
+        return Ok(running.to_path_buf());
+    }
+    std::env::current_exe()
 }
 
 /// Spawn and supervise. Never panics; every failure is an [`Outcome`].

@@ -173,13 +173,25 @@ impl WorkerProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_bin(&jetcode_bin(), url, id, root, extra, env)
+    }
+
+    /// [`WorkerProc::start`] from another copy of the binary.
+    pub fn start_bin(
+        bin: &Path,
+        url: &str,
+        id: &str,
+        root: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = std::fs::File::create(root.join(format!("{id}.log"))).expect("log file");
         let slots: &[&str] = if extra.contains(&"--slots") {
             &[]
         } else {
             &["--slots", "1"]
         };
-        let child = Command::new(jetcode_bin())
+        let child = Command::new(bin)
             .args(["worker", "--id", id, "--file-root"])
             .arg(root)
             .args(slots)
