@@ -165,6 +165,10 @@ pub struct Plan {
     /// Frame selection tolerates half of it around a boundary.
     #[serde(default)]
     pub min_frame_ns: u64,
+    /// 5th percentile of the frame spacing, nanoseconds (0: unknown): the
+    /// fastest rate the source keeps up, for HLS FRAME-RATE.
+    #[serde(default)]
+    pub fast_frame_ns: u64,
     /// See [`SourceFacts::orientation`]; applied before scaling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orientation: Option<String>,
@@ -212,11 +216,13 @@ impl Plan {
             .saturating_sub(self.segments.first().map_or(0, |s| s.start_ns))
     }
 
-    /// Highest instantaneous frame rate (HLS FRAME-RATE is a maximum).
+    /// Highest sustained frame rate (HLS FRAME-RATE is a maximum): the
+    /// rate of the fastest 5 % of frames, so one odd timestamp does not
+    /// claim 500 fps and get the variant filtered out by players.
     pub fn max_fps(&self) -> f64 {
         let nominal = self.fps_num as f64 / self.fps_den.max(1) as f64;
-        if self.vfr && self.min_frame_ns > 0 {
-            (1e9 / self.min_frame_ns as f64).max(nominal)
+        if self.vfr && self.fast_frame_ns > 0 {
+            (1e9 / self.fast_frame_ns as f64).max(nominal)
         } else {
             nominal
         }
@@ -379,6 +385,7 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
         pts_offset_ns: Some(facts.pts_offset_ns),
         vfr: timeline.vfr,
         min_frame_ns: timeline.min_gap,
+        fast_frame_ns: timeline.fast_gap,
         orientation: facts.orientation.clone(),
         interlaced: facts.interlaced,
         ladder: Vec::new(),
@@ -398,7 +405,13 @@ struct Timeline<'a> {
     fps: (u32, u32),
     vfr: bool,
     min_gap: u64,
+    /// 5th percentile of the frame spacing: the fastest sustained rate.
+    fast_gap: u64,
 }
+
+/// Timestamp rounding of the coarsest common container (Matroska, 1 ms),
+/// with some margin.
+const CONTAINER_TICK_NS: u64 = 1_500_000;
 
 impl<'a> Timeline<'a> {
     fn of(facts: &'a SourceFacts) -> Self {
@@ -415,29 +428,37 @@ impl<'a> Timeline<'a> {
                 fps: (num, den),
                 vfr: false,
                 min_gap: 0,
+                fast_gap: 0,
             };
         };
-        let gaps = t.windows(2).map(|w| w[1] - w[0]);
-        let min_gap = gaps.clone().min().unwrap_or(nominal);
-        let max_gap = gaps.max().unwrap_or(nominal);
+        let mut gaps: Vec<u64> = t.windows(2).map(|w| w[1] - w[0]).collect();
+        gaps.sort_unstable();
+        let pct = |p: usize| gaps.get(gaps.len() * p / 100).copied().unwrap_or(nominal);
+        let min_gap = gaps.first().copied().unwrap_or(nominal);
+        let (fast, median, slow) = (pct(5), pct(50), pct(95));
         let last = *t.last().unwrap_or(&0);
-        // The last frame lasts as long as the container says, but at least
-        // as long as the shortest frame: muxers often shorten it, and a
-        // segment must end more than half a frame after its last frame.
-        let end = if facts.end_ns > last {
-            facts.end_ns.max(last + min_gap)
+        // The last frame lasts as long as the container says when that is
+        // plausible; parsers sometimes give it a made-up duration (1 ms
+        // from SPS timing), and then a typical frame is the better guess.
+        // At least the shortest frame, always: a segment must end more
+        // than half a frame after its last frame.
+        let said = facts.end_ns.saturating_sub(last);
+        let last_lasts = if said >= median / 2 && said <= median.saturating_mul(2) {
+            said
         } else {
-            last + nominal.max(min_gap)
+            median
         };
         Timeline {
             first: t.first().copied().unwrap_or(0),
-            end,
+            end: last + last_lasts.max(min_gap),
             times,
             fps: (num, den),
-            // Timestamps rounded to a container's timescale wobble by a
-            // tick; a real rate change moves the spacing by far more.
-            vfr: max_gap > min_gap + min_gap / 10 + 1_000,
+            // Percentiles, so one odd gap (a dropped frame, a glitch) does
+            // not make a source variable; and a container tick of slack
+            // (Matroska's 1 ms rounds 120 fps to 8 and 9 ms).
+            vfr: slow - fast > (fast / 10).max(CONTAINER_TICK_NS),
             min_gap,
+            fast_gap: fast,
         }
     }
 
@@ -791,6 +812,42 @@ mod tests {
         }
         assert_eq!(p.end_ns(), 6_000_000_000);
         assert!((p.max_fps() - 60.0).abs() < 0.01, "{}", p.max_fps());
+    }
+
+    #[test]
+    fn odd_gaps_and_coarse_timestamps_are_not_variable_rate() {
+        let timed = |times: Vec<u64>, end_ns: u64, num: u32| SourceFacts {
+            end_ns,
+            ..SourceFacts {
+                frame_times_ns: times.clone(),
+                ..facts(times.len() as u64, num, 1, vec![0])
+            }
+        };
+        // 25 fps with one frame 2 ms after the one before (a glitch).
+        let mut t: Vec<u64> = (0..100).map(|i| i * 40_000_000).collect();
+        t[50] = t[49] + 2_000_000;
+        let p = plan(&timed(t, 4_000_000_000, 25), &opts(2.0)).unwrap();
+        assert!(!p.vfr);
+        assert_eq!(p.max_fps(), 25.0);
+        // 120 fps in Matroska: millisecond timestamps, 8 and 9 ms apart.
+        let t: Vec<u64> = (0..240)
+            .map(|i| i * 1_000_000_000 / 120 / 1_000_000 * 1_000_000)
+            .collect();
+        let p = plan(&timed(t, 2_000_000_000, 120), &opts(2.0)).unwrap();
+        assert!(!p.vfr);
+        assert_eq!(p.max_fps(), 120.0);
+    }
+
+    #[test]
+    fn a_made_up_last_frame_duration_is_replaced_by_a_typical_one() {
+        // The parser said the last frame lasts 1 ms; frames are 40 ms apart.
+        let t: Vec<u64> = (0..100).map(|i| i * 40_000_000).collect();
+        let f = SourceFacts {
+            frame_times_ns: t,
+            end_ns: 99 * 40_000_000 + 1_000_000,
+            ..facts(100, 25, 1, vec![0])
+        };
+        assert_eq!(plan(&f, &opts(2.0)).unwrap().end_ns(), 4_000_000_000);
     }
 
     #[test]

@@ -10,10 +10,14 @@ use crate::plan::{Plan, Segment};
 use crate::subjects::TaskKind;
 
 /// Version of the task message format this build writes and understands.
+/// 2: segment tasks carry the orientation and frame spacing of the source,
+/// audio tasks the track, and renditions their planned size; a version 1
+/// worker would ignore them and encode sideways, interlaced or upscaled
+/// parts, so it must hand version 2 tasks back instead.
 /// A newer worker may add fields (ignored here) or bump this for a change
 /// an older worker must not guess at: it hands such tasks back for a newer
 /// worker instead of failing the job (rolling upgrades).
-pub const TASK_VERSION: u32 = 1;
+pub const TASK_VERSION: u32 = 2;
 
 /// A task as published to JETCODE_TASKS. Unlike the user-facing JobSpec,
 /// unknown fields are tolerated: they come from newer workers.
@@ -192,8 +196,12 @@ mod tests {
             Task::decode(extra).is_ok(),
             "a newer minor field is ignored"
         );
-        let newer = br#"{"v":2,"job":"j","id":"x","body":{"kind":"teleport"}}"#;
-        assert_eq!(Task::decode(newer), Err(TaskDecodeError::Newer(2)));
+        let v = TASK_VERSION + 1;
+        let newer = format!(r#"{{"v":{v},"job":"j","id":"x","body":{{"kind":"teleport"}}}}"#);
+        assert_eq!(
+            Task::decode(newer.as_bytes()),
+            Err(TaskDecodeError::Newer(v))
+        );
         assert!(matches!(
             Task::decode(b"{nope"),
             Err(TaskDecodeError::Unreadable(_))

@@ -646,3 +646,40 @@ async fn one_undecodable_frame_does_not_fail_the_job() {
     assert_eq!(m.frames, frames);
     assert_eq!(m.undecodable_frames.unwrap_or(0), 150 - frames);
 }
+
+/// A trimmed upload (`ffmpeg -ss ... -c copy`, a phone's trim): the MP4's
+/// edit list starts after a keyframe, so some frames precede the start.
+/// Every frame the plan promises is delivered; none is passed off as
+/// undecodable.
+#[tokio::test(flavor = "multi_thread")]
+async fn trimmed_upload_with_an_edit_list_is_frame_exact() {
+    let f = Fixture::new().await;
+    let full = clip(
+        f.root(),
+        "full.mp4",
+        6.0,
+        &[
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "50", "-bf", "2",
+        ],
+        false,
+    );
+    let trimmed = f.root().join("trimmed.mp4");
+    ffmpeg(&[
+        "-ss",
+        "1.3",
+        "-i",
+        full.to_str().unwrap(),
+        "-an",
+        "-c",
+        "copy",
+        trimmed.to_str().unwrap(),
+    ]);
+    let rec = transcode(&f, "trim", &trimmed, json!([rung("r240", 240)])).await;
+    assert_done(&rec);
+    let plan = rec.plan.as_ref().unwrap();
+    assert!(!plan.vfr, "a trim is not a rate change");
+    let m = manifest(&f.out("trim"));
+    assert_eq!(m.undecodable_frames, None);
+    assert_eq!(m.frames, plan.frames);
+    assert_eq!(ffprobe_frames(&f.out("trim").join("r240.mp4")), plan.frames);
+}

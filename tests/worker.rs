@@ -985,8 +985,11 @@ async fn task_from_a_newer_worker_is_left_for_it_not_failed() {
     let rec = jetcode::JobRecord::unplanned("future", None, JobState::Running, "");
     assert!(f.client.ledger().create_record(&rec).await.unwrap());
     let js = async_nats::jetstream::new(f.client.nats().clone());
-    let body = br#"{"v":2,"job":"future","id":"seg-x-00000","body":{"kind":"hologram"}}"#;
-    js.publish("jetcode.tasks.segment.future", body.as_slice().into())
+    let body = format!(
+        r#"{{"v":{},"job":"future","id":"seg-x-00000","body":{{"kind":"hologram"}}}}"#,
+        jetcode::task::TASK_VERSION + 1
+    );
+    js.publish("jetcode.tasks.segment.future", body.into())
         .await
         .unwrap()
         .await

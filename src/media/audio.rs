@@ -242,30 +242,28 @@ fn run(
             *h |= wanted;
             first
         };
-        if first {
-            let source_channels = caps
-                .structure(0)
-                .and_then(|s| s.get::<i32>("channels").ok())
-                .unwrap_or(2);
-            if let Some(c) = channels_weak.upgrade() {
-                c.set_property(
-                    "caps",
-                    gst::Caps::builder("audio/x-raw")
-                        .field("channels", source_channels.clamp(1, 2))
-                        .build(),
-                );
-            }
-        }
         let next = if first {
             let Ok(decodebin) = util::make("decodebin") else {
                 util::post_error(pipeline.upcast_ref(), "decodebin is not installed");
                 return;
             };
             let convert_weak = convert_weak.clone();
+            let channels_weak = channels_weak.clone();
             decodebin.connect_pad_added(move |_, dpad| {
                 let caps = dpad.current_caps().unwrap_or_else(|| dpad.query_caps(None));
-                if caps.structure(0).is_none_or(|s| s.name() != "audio/x-raw") {
+                let Some(s) = caps.structure(0).filter(|s| s.name() == "audio/x-raw") else {
                     return;
+                };
+                // What the decoder outputs, not what the parser read: an
+                // HE-AACv2 stream parses as mono and decodes as stereo.
+                let decoded_channels = s.get::<i32>("channels").unwrap_or(2);
+                if let Some(c) = channels_weak.upgrade() {
+                    c.set_property(
+                        "caps",
+                        gst::Caps::builder("audio/x-raw")
+                            .field("channels", decoded_channels.clamp(1, 2))
+                            .build(),
+                    );
                 }
                 retime_to_stream_time(dpad);
                 if let Some(sinkpad) = convert_weak.upgrade().and_then(|c| c.static_pad("sink")) {

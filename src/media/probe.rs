@@ -312,7 +312,7 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
         (Some(a), Some(b)) => b.0.saturating_sub(a.0),
         _ => 0,
     };
-    let (fps_num, fps_den) = frame_rate(s, frames, starts_span)
+    let (fps_num, fps_den) = frame_rate(s, frames, starts_span, total)
         .ok_or_else(|| MediaError::permanent(format!("{name}: frame rate unknown")))?;
     let par = s
         .get::<gst::Fraction>("pixel-aspect-ratio")
@@ -357,7 +357,14 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
             first_pts_ns,
             pts_offset_ns,
             audio,
-            frame_times_ns: order.iter().map(|(t, _)| *t).collect(),
+            // Only real times: a frame before an edit list's start (a
+            // trimmed upload) has no stream time, and a placeholder would
+            // be taken for a frame time.
+            frame_times_ns: if raw.iter().all(|v| v.0.is_some()) {
+                order.iter().map(|(t, _)| *t).collect()
+            } else {
+                Vec::new()
+            },
             end_ns: last,
             par_num: par.0,
             par_den: par.1,
@@ -375,7 +382,12 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
 /// The caps' frame rate, unless the frames say otherwise: variable-rate
 /// sources carry a nominal (often the highest) rate or none at all; then
 /// the average over the real frames is the useful one.
-fn frame_rate(s: &gst::StructureRef, frames: u64, starts_span: u64) -> Option<(u32, u32)> {
+fn frame_rate(
+    s: &gst::StructureRef,
+    frames: u64,
+    starts_span: u64,
+    duration: u64,
+) -> Option<(u32, u32)> {
     let caps = s
         .get::<gst::Fraction>("framerate")
         .ok()
@@ -389,6 +401,11 @@ fn frame_rate(s: &gst::StructureRef, frames: u64, starts_span: u64) -> Option<(u
         }
         (Some(c), _) => Some(c),
         (None, Some(m)) => Some(((m * 1000.0).round() as u32, 1000)),
+        // One frame and no rate: frames over the container's duration.
+        (None, None) if duration > 0 => Some((
+            ((frames as f64 * 1e12) / duration as f64).round() as u32,
+            1000,
+        )),
         (None, None) => None,
     }
 }

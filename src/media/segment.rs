@@ -48,6 +48,9 @@ pub struct SegmentStats {
     /// Frames the decoder produced, the segment's own included: above
     /// `frames` by what decoding from the previous keyframe cost.
     pub decoded: u64,
+    /// Compressed frames the demuxer delivered with a time in the
+    /// segment's range (0 when the source's timestamps cannot tell).
+    pub parsed_in_range: u64,
 }
 
 /// Encode `work`; returns frames written (`work.segment.frames()`, less
@@ -80,8 +83,15 @@ pub fn encode_segment_stats(
     let tmp = util::tmp_path(&work.output);
     let res = run(work, encoder, parser, &tmp, progress);
     match res {
+        // Short only with evidence: the demuxer delivered every frame of
+        // the range and the decoder gave fewer (corrupt data). A frame
+        // missing for any other reason (a boundary bug, a placeholder
+        // timestamp) fails the part instead of hiding in the allowance.
         Ok(stats @ SegmentStats { frames: n, .. })
-            if n <= seg.frames() && seg.frames() - n <= undecodable_allowance(seg.frames()) =>
+            if n == seg.frames()
+                || (n < seg.frames()
+                    && seg.frames() - n <= undecodable_allowance(seg.frames())
+                    && stats.parsed_in_range >= seg.frames()) =>
         {
             if n < seg.frames() {
                 // A corrupt frame the decoder could not decode: the part
@@ -96,10 +106,14 @@ pub fn encode_segment_stats(
             util::commit_once(&tmp, &work.output)?;
             Ok(stats)
         }
-        Ok(SegmentStats { frames: n, .. }) => {
+        Ok(SegmentStats {
+            frames: n,
+            parsed_in_range,
+            ..
+        }) => {
             let _ = std::fs::remove_file(&tmp);
             Err(MediaError::permanent(format!(
-                "segment {} wrote {n} frames, expected {} (frames {}..{})",
+                "segment {} wrote {n} frames, expected {} (frames {}..{}; the source delivered {parsed_in_range} in range)",
                 seg.index,
                 seg.frames(),
                 seg.start_frame,
@@ -325,6 +339,8 @@ fn run(
 
     let decoded = Arc::new(AtomicU64::new(0));
     let decoded_in_pad = decoded.clone();
+    let parsed = Arc::new(AtomicU64::new(0));
+    let parsed_in_pad = parsed.clone();
     let (tx, rx) = mpsc::channel::<Blocked>();
     let tx = Mutex::new(tx);
     let have_video = Arc::new(Mutex::new(false));
@@ -353,6 +369,21 @@ fn run(
             util::post_error(pipeline.upcast_ref(), "decodebin is not installed");
             return;
         };
+        // Count what the demuxer delivers in range: the evidence that a
+        // short part is the decoder's doing (see encode_segment).
+        if let Some(off) = pts_offset_ns {
+            let parsed = parsed_in_pad.clone();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                let st = info
+                    .buffer()
+                    .and_then(|b| b.pts())
+                    .map(|pts| pts.nseconds() as i64 - off);
+                if st.is_some_and(|st| st >= keep_from as i64 && st < keep_until as i64) {
+                    parsed.fetch_add(1, Ordering::Relaxed);
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
         // Hold the first parsed buffer until the driving thread has seeked.
         let tx = Mutex::new(tx.lock().unwrap_or_else(|e| e.into_inner()).clone());
         let blocked_once = Mutex::new(false);
@@ -455,6 +486,7 @@ fn run(
     Ok(SegmentStats {
         frames: done,
         decoded: decoded.load(Ordering::Relaxed),
+        parsed_in_range: parsed.load(Ordering::Relaxed),
     })
 }
 

@@ -650,14 +650,19 @@ fn h264_sps_size(sps: &[u8]) -> Option<(u32, u32)> {
     }
     b.ue()?; // max_num_ref_frames
     b.bit()?; // gaps_in_frame_num_value_allowed_flag
-    let w_mbs = b.ue()? + 1;
-    let h_units = b.ue()? + 1;
+              // Checked: a corrupt SPS must give "unknown", not an overflow.
+    let w_mbs = b.ue()?.checked_add(1)?;
+    let h_units = b.ue()?.checked_add(1)?;
     let frame_mbs_only = b.bit()?;
     if frame_mbs_only == 0 {
         b.bit()?;
     }
     b.bit()?; // direct_8x8_inference_flag
-    let (mut w, mut h) = (w_mbs * 16, (2 - frame_mbs_only) * h_units * 16);
+    let fields = 2 - frame_mbs_only;
+    let (mut w, mut h) = (
+        w_mbs.checked_mul(16)?,
+        fields.checked_mul(h_units)?.checked_mul(16)?,
+    );
     if b.bit()? == 1 {
         let (l, r, t, bo) = (b.ue()?, b.ue()?, b.ue()?, b.ue()?);
         let (sub_w, sub_h) = match chroma {
@@ -666,8 +671,8 @@ fn h264_sps_size(sps: &[u8]) -> Option<(u32, u32)> {
             2 => (2, 1),
             _ => (1, 1),
         };
-        w = w.checked_sub(sub_w * (l + r))?;
-        h = h.checked_sub(sub_h * (2 - frame_mbs_only) * (t + bo))?;
+        w = w.checked_sub(l.checked_add(r)?.checked_mul(sub_w)?)?;
+        h = h.checked_sub(t.checked_add(bo)?.checked_mul(sub_h)?.checked_mul(fields)?)?;
     }
     Some((w, h))
 }
@@ -704,8 +709,8 @@ fn h265_sps_size(sps: &[u8]) -> Option<(u32, u32)> {
             2 => (2, 1),
             _ => (1, 1),
         };
-        w = w.checked_sub(sub_w * (l + r))?;
-        h = h.checked_sub(sub_h * (t + bo))?;
+        w = w.checked_sub(l.checked_add(r)?.checked_mul(sub_w)?)?;
+        h = h.checked_sub(t.checked_add(bo)?.checked_mul(sub_h)?)?;
     }
     Some((w, h))
 }
