@@ -181,6 +181,7 @@ async fn main() -> Res<()> {
         pts_offset_ns: whole.pts_offset_ns,
         min_frame_ns: whole.min_frame_ns,
         orientation: whole.orientation.clone(),
+        threads: 0,
     };
     let audio = AudioWork {
         input: src.clone(),
@@ -203,6 +204,23 @@ async fn main() -> Res<()> {
     )?;
     let single_wall = t0.elapsed().as_secs_f64();
     let single_cpu = children_cpu() - cpu0;
+
+    // The reference users know: one ffmpeg pass, same encoder settings.
+    eprintln!("[bench] ffmpeg single pass");
+    let ffmpeg_out = root.join("ffmpeg.mp4");
+    let cpu0 = children_cpu();
+    let t0 = Instant::now();
+    run(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(&src)
+            .args(["-c:v", "libx264", "-preset", "veryfast", "-crf", "23"])
+            .args(["-c:a", "aac", "-b:a", "128k"])
+            .arg(&ffmpeg_out),
+        "ffmpeg single pass",
+    )?;
+    let ffmpeg_wall = t0.elapsed().as_secs_f64();
+    let ffmpeg_cpu = children_cpu() - cpu0;
 
     // Distributed: local nats-server, N workers with one slot each.
     eprintln!("[bench] distributed over {} workers", a.workers);
@@ -305,6 +323,18 @@ async fn main() -> Res<()> {
             dist_cpu / single_cpu,
         ),
         (
+            "vs ffmpeg: wall time, s".to_string(),
+            ffmpeg_wall,
+            dist_wall,
+            dist_wall / ffmpeg_wall,
+        ),
+        (
+            "vs ffmpeg: CPU time (user+sys), s".to_string(),
+            ffmpeg_cpu,
+            dist_cpu,
+            dist_cpu / ffmpeg_cpu,
+        ),
+        (
             "video bytes (MPEG-TS), MB".to_string(),
             single_bytes / 1e6,
             dist_bytes / 1e6,
@@ -324,7 +354,7 @@ async fn main() -> Res<()> {
         a.seconds, a.width, a.height, a.height
     ));
     md.push_str(&format!(
-        "Distributed: local nats-server, {} workers × 1 slot, {} segments of ~{} s, MP4 output (probe + {} segment tasks + audio + stitch). Single pass: one `jetcode media segment` child over the whole clip plus the audio child.\n\n",
+        "Distributed: local nats-server, {} workers × 1 slot, {} segments of ~{} s, MP4 output (probe + {} segment tasks + audio + stitch). Single pass: one `jetcode media segment` child over the whole clip plus the audio child. ffmpeg: `ffmpeg -i src.mp4 -c:v libx264 -preset veryfast -crf 23 -c:a aac -b:a 128k out.mp4`, one process. Each media child of a worker gets cores / slots threads (decoder, converter, scaler, x264).\n\n",
         a.workers, segments, a.segment_seconds, segments
     ));
     md.push_str(

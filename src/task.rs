@@ -132,6 +132,9 @@ pub struct SegmentWork {
     /// [`crate::plan::Plan::orientation`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orientation: Option<String>,
+    /// Threads for decoder, converter, scaler and encoder (0: each picks).
+    #[serde(default)]
+    pub threads: u32,
 }
 
 /// Work order for `jetcode media audio`: encode the whole audio track of

@@ -116,6 +116,7 @@ fn encode_part(src: &Path, out: &Path, p: &Plan, r: &Rendition, s: Segment) -> u
             pts_offset_ns: p.pts_offset_ns,
             min_frame_ns: p.min_frame_ns,
             orientation: p.orientation.clone(),
+            threads: 0,
         },
         &mut |_, _| {},
     )

@@ -163,6 +163,7 @@ fn run_job(
                 pts_offset_ns: p.pts_offset_ns,
                 min_frame_ns: p.min_frame_ns,
                 orientation: p.orientation.clone(),
+                threads: 0,
             };
             let mut calls = 0;
             let n = segment::encode_segment(&work, &mut |_, _| calls += 1).expect("segment");
@@ -508,6 +509,7 @@ fn segmented_and_single_pass(dir: &Path, src: &Path, r: &Rendition) -> (PathBuf,
             pts_offset_ns: p.pts_offset_ns,
             min_frame_ns: p.min_frame_ns,
             orientation: p.orientation.clone(),
+            threads: 0,
         };
         segment::encode_segment(&w, &mut |_, _| {}).unwrap();
         parts.push(std::fs::read(output).unwrap());
@@ -535,6 +537,7 @@ fn segmented_and_single_pass(dir: &Path, src: &Path, r: &Rendition) -> (PathBuf,
             pts_offset_ns: p.pts_offset_ns,
             min_frame_ns: p.min_frame_ns,
             orientation: p.orientation.clone(),
+            threads: 0,
         },
         &mut |_, _| {},
     )
@@ -700,6 +703,7 @@ fn bad_input_fails_permanently_and_quickly() {
             pts_offset_ns: p.pts_offset_ns,
             min_frame_ns: p.min_frame_ns,
             orientation: p.orientation.clone(),
+            threads: 0,
         },
         &mut |_, _| {},
     );
@@ -720,6 +724,7 @@ fn bad_input_fails_permanently_and_quickly() {
             pts_offset_ns: p.pts_offset_ns,
             min_frame_ns: p.min_frame_ns,
             orientation: p.orientation.clone(),
+            threads: 0,
         },
         &mut |_, _| {},
     );
@@ -785,6 +790,7 @@ fn h265_segment_keeps_timeline() {
             pts_offset_ns: p.pts_offset_ns,
             min_frame_ns: p.min_frame_ns,
             orientation: p.orientation.clone(),
+            threads: 0,
         },
         &mut |_, _| {},
     )
@@ -838,6 +844,7 @@ fn segment_child_reads_only_its_range_through_the_block_cache() {
         pts_offset_ns: p.pts_offset_ns,
         min_frame_ns: p.min_frame_ns,
         orientation: p.orientation.clone(),
+        threads: 0,
     };
     let out = Command::new(env!("CARGO_BIN_EXE_jetcode"))
         .args(["media", "segment", "--task"])
@@ -967,6 +974,7 @@ fn keyframe_aligned_segments_decode_only_their_own_frames() {
             pts_offset_ns: p.pts_offset_ns,
             min_frame_ns: p.min_frame_ns,
             orientation: None,
+            threads: 0,
         };
         let stats = segment::encode_segment_stats(&work, &mut |_, _| {}).unwrap();
         assert_eq!(stats.frames, s.frames());

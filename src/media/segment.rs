@@ -78,7 +78,7 @@ pub fn encode_segment_stats(
     if work.fps_num == 0 || work.fps_den == 0 {
         return Err(MediaError::permanent("segment work without frame rate"));
     }
-    let (encoder, parser) = make_encoder(&work.rendition, seg.frames())?;
+    let (encoder, parser) = make_encoder(&work.rendition, seg.frames(), work.threads)?;
     util::ensure_parent(&work.output)?;
     let tmp = util::tmp_path(&work.output);
     let res = run(work, encoder, parser, &tmp, progress);
@@ -149,13 +149,19 @@ pub(crate) fn flip_direction(orientation: Option<&str>) -> &'static str {
 }
 
 /// Encoder and matching parser for a rendition.
-fn make_encoder(r: &Rendition, frames: u64) -> Result<(gst::Element, gst::Element), MediaError> {
+fn make_encoder(
+    r: &Rendition,
+    frames: u64,
+    threads: u32,
+) -> Result<(gst::Element, gst::Element), MediaError> {
     // Longer than the segment: the only IDR of a part is its first frame
     // (scene cuts may still add I-frames, which is harmless).
     let keyint = (frames + 1).min(u32::MAX as u64) as u32;
     match r.codec {
         Codec::H264 => {
-            let mut b = gst::ElementFactory::make("x264enc").property("key-int-max", keyint);
+            let mut b = gst::ElementFactory::make("x264enc")
+                .property("key-int-max", keyint)
+                .property("threads", threads);
             b = b.property_from_str("speed-preset", &r.preset);
             b = match (r.crf, r.bitrate) {
                 // Capped CRF: quality target, VBV-limited peak.
@@ -193,6 +199,9 @@ fn make_encoder(r: &Rendition, frames: u64) -> Result<(gst::Element, gst::Elemen
                 DEFAULT_CRF + 5
             });
             let mut opts = vec![format!("keyint={keyint}"), "open-gop=0".to_string()];
+            if threads > 0 {
+                opts.push(format!("pools={threads}"));
+            }
             match (r.crf, r.bitrate) {
                 (_, None) => opts.push(format!("crf={crf}")),
                 (Some(_), Some(kbps)) => {
@@ -293,6 +302,7 @@ fn run(
     // deinterlaced (browsers do not), one output frame per input frame;
     // progressive ones pass through. Then the picture is turned upright.
     let convert = util::make("videoconvert")?;
+    convert.set_property("n-threads", work.threads);
     let deinterlace = gst::ElementFactory::make("deinterlace")
         .property_from_str("mode", "auto")
         .property_from_str("method", "linear")
@@ -307,6 +317,7 @@ fn run(
         .build()
         .map_err(|_| MediaError::transient("GStreamer element videoflip is not installed"))?;
     let scale = util::make("videoscale")?;
+    scale.set_property("n-threads", work.threads);
     let capsfilter = util::make("capsfilter")?;
     let queue = util::make("queue")?;
     let mux = util::make("mpegtsmux")?;
@@ -337,6 +348,7 @@ fn run(
         });
     }
 
+    let decoder_threads = work.threads;
     let decoded = Arc::new(AtomicU64::new(0));
     let decoded_in_pad = decoded.clone();
     let parsed = Arc::new(AtomicU64::new(0));
@@ -369,6 +381,19 @@ fn run(
             util::post_error(pipeline.upcast_ref(), "decodebin is not installed");
             return;
         };
+        // The decoder shares the child's thread budget too (libav's
+        // decoders default to one thread per core).
+        if let (Some(bin), true) = (decodebin.downcast_ref::<gst::Bin>(), decoder_threads > 0) {
+            let threads = decoder_threads.min(i32::MAX as u32) as i32;
+            bin.connect_deep_element_added(move |_, _, element| {
+                let is_int = element
+                    .find_property("max-threads")
+                    .is_some_and(|p| p.value_type() == i32::static_type());
+                if is_int {
+                    element.set_property("max-threads", threads);
+                }
+            });
+        }
         // Count what the demuxer delivers in range: the evidence that a
         // short part is the decoder's doing (see encode_segment).
         if let Some(off) = pts_offset_ns {

@@ -87,6 +87,14 @@ impl WorkerArgs {
         })
     }
 
+    /// Threads each media child may use: the machine's cores shared by
+    /// the slots, so busy slots do not oversubscribe the CPU (x264 alone
+    /// would start 1.5 threads per core in every child).
+    pub fn child_threads(&self) -> u32 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        (cores / self.slots().max(1)).max(1)
+    }
+
     fn child_memory(&self) -> Option<u64> {
         (self.child_memory_mb > 0).then_some(self.child_memory_mb << 20)
     }

@@ -432,6 +432,7 @@ async fn run_task(
                     pts_offset_ns: *pts_offset_ns,
                     min_frame_ns: *min_frame_ns,
                     orientation: orientation.clone(),
+                    threads: w.args.child_threads(),
                 };
                 let secs = segment.duration_ns() as f64 / 1e9;
                 ("segment", json(&work), secs, Some(output))
