@@ -171,18 +171,13 @@ async fn main() -> Res<()> {
         },
     )?;
     let single_dir = root.join("single");
-    let seg = SegmentWork {
-        input: src.clone(),
-        output: single_dir.join("video.ts"),
-        rendition: rendition.clone(),
-        segment: whole.segments[0],
-        fps_num: whole.fps_num,
-        fps_den: whole.fps_den,
-        pts_offset_ns: whole.pts_offset_ns,
-        min_frame_ns: whole.min_frame_ns,
-        orientation: whole.orientation.clone(),
-        threads: 0,
-    };
+    let seg = SegmentWork::of_plan(
+        &whole,
+        whole.segments[0],
+        rendition.clone(),
+        src.clone(),
+        single_dir.join("video.ts"),
+    );
     let audio = AudioWork {
         input: src.clone(),
         output: single_dir.join(AUDIO_PART_KEY),

@@ -137,6 +137,31 @@ pub struct SegmentWork {
     pub threads: u32,
 }
 
+impl SegmentWork {
+    /// The order for `segment` of `plan`, encoded as `rendition`, with the
+    /// plan's timing and orientation; threads left to each element.
+    pub fn of_plan(
+        plan: &Plan,
+        segment: Segment,
+        rendition: Rendition,
+        input: PathBuf,
+        output: PathBuf,
+    ) -> Self {
+        SegmentWork {
+            input,
+            output,
+            rendition,
+            segment,
+            fps_num: plan.fps_num,
+            fps_den: plan.fps_den,
+            pts_offset_ns: plan.pts_offset_ns,
+            min_frame_ns: plan.min_frame_ns,
+            orientation: plan.orientation.clone(),
+            threads: 0,
+        }
+    }
+}
+
 /// Work order for `jetcode media audio`: encode the whole audio track of
 /// `input` once to AAC in MPEG-TS at `output`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

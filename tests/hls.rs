@@ -8,6 +8,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
+use common::{ffmpeg, ffprobe_entries as ffprobe};
 use jetcode::job::{OutputFormat, Rendition};
 use jetcode::manifest::{FileKind, Manifest};
 use jetcode::media::testsrc::{generate_clip, ClipOptions};
@@ -21,40 +24,6 @@ fn rendition(name: &str, height: u32, crf: u32, preset: &str) -> Rendition {
         serde_json::json!({"name": name, "height": height, "crf": crf, "preset": preset}),
     )
     .expect("rendition")
-}
-
-fn ffmpeg(args: &[&str], out: &Path) {
-    let st = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .arg(out)
-        .status()
-        .expect("ffmpeg runs");
-    assert!(st.success(), "ffmpeg {args:?}");
-}
-
-/// ffprobe `-show_entries` as key=value pairs.
-fn ffprobe(path: &Path, args: &[&str]) -> Vec<(String, String)> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error"])
-        .args(args)
-        .args(["-of", "default=nw=1"])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    assert!(
-        out.status.success(),
-        "ffprobe {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect()
 }
 
 fn get<'a>(v: &'a [(String, String)], k: &str) -> &'a str {
@@ -106,18 +75,13 @@ fn plan_job(src: &Path, target_seconds: f64, spec: &[Rendition]) -> (Plan, Vec<R
 
 fn encode_part(src: &Path, out: &Path, p: &Plan, r: &Rendition, s: Segment) -> u64 {
     segment::encode_segment(
-        &SegmentWork {
-            input: src.to_path_buf(),
-            output: out.join(part_key(&r.name, s.index)),
-            rendition: r.clone(),
-            segment: s,
-            fps_num: p.fps_num,
-            fps_den: p.fps_den,
-            pts_offset_ns: p.pts_offset_ns,
-            min_frame_ns: p.min_frame_ns,
-            orientation: p.orientation.clone(),
-            threads: 0,
-        },
+        &SegmentWork::of_plan(
+            p,
+            s,
+            r.clone(),
+            src.to_path_buf(),
+            out.join(part_key(&r.name, s.index)),
+        ),
         &mut |_, _| {},
     )
     .expect("segment")
@@ -240,35 +204,33 @@ fn read(path: PathBuf) -> String {
 fn vfr_source_playlists_master_and_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("vfr.mp4");
-    ffmpeg(
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30:duration=8",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:duration=12",
-            "-vf",
-            "setpts='if(lt(N,120),N/30,4+(N-120)/15)/TB'",
-            "-fps_mode",
-            "passthrough",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-g",
-            "30",
-            "-c:a",
-            "aac",
-            "-ac",
-            "1",
-            "-metadata:s:a:0",
-            "language=fra",
-        ],
-        &src,
-    );
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=30:duration=8",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=12",
+        "-vf",
+        "setpts='if(lt(N,120),N/30,4+(N-120)/15)/TB'",
+        "-fps_mode",
+        "passthrough",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-g",
+        "30",
+        "-c:a",
+        "aac",
+        "-ac",
+        "1",
+        "-metadata:s:a:0",
+        "language=fra",
+        src.to_str().unwrap(),
+    ]);
     let spec = [
         rendition("r240", 240, 24, "veryfast"),
         rendition("r120", 120, 24, "veryfast"),

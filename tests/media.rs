@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use jetcode::job::{OutputFormat, Rendition};
 use jetcode::manifest::{FileKind, Manifest};
 use jetcode::media::testsrc::{generate_clip, ClipOptions};
@@ -30,36 +32,11 @@ fn rendition(name: &str, height: u32, crf: u32) -> Rendition {
 
 /// ffprobe `-show_entries` of one stream as key=value pairs.
 fn ffprobe(path: &Path, stream: &str, entries: &str, count: bool) -> Vec<(String, String)> {
-    let mut cmd = Command::new("ffprobe");
-    cmd.args(["-v", "error"]);
+    let mut args = vec!["-select_streams", stream, "-show_entries", entries];
     if count {
-        cmd.arg("-count_frames");
+        args.push("-count_frames");
     }
-    let out = cmd
-        .args([
-            "-select_streams",
-            stream,
-            "-show_entries",
-            entries,
-            "-of",
-            "default=nw=1",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    assert!(
-        out.status.success(),
-        "ffprobe {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect()
+    common::ffprobe_entries(path, &args)
 }
 
 fn field(v: &[(String, String)], k: &str) -> f64 {
@@ -153,18 +130,13 @@ fn run_job(
     .expect("plan");
     for r in renditions {
         for s in &p.segments {
-            let work = SegmentWork {
-                input: src.to_path_buf(),
-                output: out.join(part_key(&r.name, s.index)),
-                rendition: r.clone(),
-                segment: *s,
-                fps_num: p.fps_num,
-                fps_den: p.fps_den,
-                pts_offset_ns: p.pts_offset_ns,
-                min_frame_ns: p.min_frame_ns,
-                orientation: p.orientation.clone(),
-                threads: 0,
-            };
+            let work = SegmentWork::of_plan(
+                &p,
+                *s,
+                r.clone(),
+                src.to_path_buf(),
+                out.join(part_key(&r.name, s.index)),
+            );
             let mut calls = 0;
             let n = segment::encode_segment(&work, &mut |_, _| calls += 1).expect("segment");
             assert_eq!(n, s.frames());
@@ -499,18 +471,7 @@ fn segmented_and_single_pass(dir: &Path, src: &Path, r: &Rendition) -> (PathBuf,
     let mut parts = vec![];
     for s in &p.segments {
         let output = dir.join(part_key(&r.name, s.index));
-        let w = SegmentWork {
-            input: src.to_path_buf(),
-            output: output.clone(),
-            rendition: r.clone(),
-            segment: *s,
-            fps_num: p.fps_num,
-            fps_den: p.fps_den,
-            pts_offset_ns: p.pts_offset_ns,
-            min_frame_ns: p.min_frame_ns,
-            orientation: p.orientation.clone(),
-            threads: 0,
-        };
+        let w = SegmentWork::of_plan(&p, *s, r.clone(), src.to_path_buf(), output.clone());
         segment::encode_segment(&w, &mut |_, _| {}).unwrap();
         parts.push(std::fs::read(output).unwrap());
     }
@@ -527,18 +488,13 @@ fn segmented_and_single_pass(dir: &Path, src: &Path, r: &Rendition) -> (PathBuf,
     assert_eq!(whole.segments.len(), 1);
     let single = dir.join(format!("{}-single.ts", r.name));
     segment::encode_segment(
-        &SegmentWork {
-            input: src.to_path_buf(),
-            output: single.clone(),
-            rendition: r.clone(),
-            segment: whole.segments[0],
-            fps_num: p.fps_num,
-            fps_den: p.fps_den,
-            pts_offset_ns: p.pts_offset_ns,
-            min_frame_ns: p.min_frame_ns,
-            orientation: p.orientation.clone(),
-            threads: 0,
-        },
+        &SegmentWork::of_plan(
+            &p,
+            whole.segments[0],
+            r.clone(),
+            src.to_path_buf(),
+            single.clone(),
+        ),
         &mut |_, _| {},
     )
     .unwrap();
@@ -693,18 +649,13 @@ fn bad_input_fails_permanently_and_quickly() {
     let p = plan(&facts, &PlanOptions::default()).unwrap();
     let t = Instant::now();
     let r = segment::encode_segment(
-        &SegmentWork {
-            input: garbage.clone(),
-            output: dir.path().join("x.ts"),
-            rendition: rendition("x", 240, 23),
-            segment: p.segments[0],
-            fps_num: p.fps_num,
-            fps_den: p.fps_den,
-            pts_offset_ns: p.pts_offset_ns,
-            min_frame_ns: p.min_frame_ns,
-            orientation: p.orientation.clone(),
-            threads: 0,
-        },
+        &SegmentWork::of_plan(
+            &p,
+            p.segments[0],
+            rendition("x", 240, 23),
+            garbage.clone(),
+            dir.path().join("x.ts"),
+        ),
         &mut |_, _| {},
     );
     assert_permanent("segment of garbage", t, r);
@@ -714,18 +665,13 @@ fn bad_input_fails_permanently_and_quickly() {
     vp9.codec = jetcode::Codec::Vp9;
     let t = Instant::now();
     let r = segment::encode_segment(
-        &SegmentWork {
-            input: good.clone(),
-            output: dir.path().join("v.ts"),
-            rendition: vp9,
-            segment: p.segments[0],
-            fps_num: p.fps_num,
-            fps_den: p.fps_den,
-            pts_offset_ns: p.pts_offset_ns,
-            min_frame_ns: p.min_frame_ns,
-            orientation: p.orientation.clone(),
-            threads: 0,
-        },
+        &SegmentWork::of_plan(
+            &p,
+            p.segments[0],
+            vp9,
+            good.clone(),
+            dir.path().join("v.ts"),
+        ),
         &mut |_, _| {},
     );
     assert_permanent("vp9", t, r);
@@ -780,18 +726,7 @@ fn h265_segment_keeps_timeline() {
     let s = p.segments[1];
     let out = dir.path().join("p.ts");
     let n = segment::encode_segment(
-        &SegmentWork {
-            input: src.clone(),
-            output: out.clone(),
-            rendition: r,
-            segment: s,
-            fps_num: p.fps_num,
-            fps_den: p.fps_den,
-            pts_offset_ns: p.pts_offset_ns,
-            min_frame_ns: p.min_frame_ns,
-            orientation: p.orientation.clone(),
-            threads: 0,
-        },
+        &SegmentWork::of_plan(&p, s, r, src.clone(), out.clone()),
         &mut |_, _| {},
     )
     .unwrap();
@@ -834,18 +769,13 @@ fn segment_child_reads_only_its_range_through_the_block_cache() {
     .unwrap();
     assert_eq!(p.segments.len(), 8);
     let s = p.segments[4];
-    let work = SegmentWork {
-        input: src.clone(),
-        output: dir.path().join("p.ts"),
-        rendition: rendition("r", 120, 30),
-        segment: s,
-        fps_num: p.fps_num,
-        fps_den: p.fps_den,
-        pts_offset_ns: p.pts_offset_ns,
-        min_frame_ns: p.min_frame_ns,
-        orientation: p.orientation.clone(),
-        threads: 0,
-    };
+    let work = SegmentWork::of_plan(
+        &p,
+        s,
+        rendition("r", 120, 30),
+        src.clone(),
+        dir.path().join("p.ts"),
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_jetcode"))
         .args(["media", "segment", "--task"])
         .arg(serde_json::to_string(&work).unwrap())
@@ -964,18 +894,13 @@ fn keyframe_aligned_segments_decode_only_their_own_frames() {
     let r = rendition("r120", 120, 30);
     assert!(p.segments.iter().all(|s| s.starts_on_keyframe));
     for s in &p.segments {
-        let work = SegmentWork {
-            input: src.clone(),
-            output: dir.path().join(part_key(&r.name, s.index)),
-            rendition: r.clone(),
-            segment: *s,
-            fps_num: p.fps_num,
-            fps_den: p.fps_den,
-            pts_offset_ns: p.pts_offset_ns,
-            min_frame_ns: p.min_frame_ns,
-            orientation: None,
-            threads: 0,
-        };
+        let work = SegmentWork::of_plan(
+            &p,
+            *s,
+            r.clone(),
+            src.clone(),
+            dir.path().join(part_key(&r.name, s.index)),
+        );
         let stats = segment::encode_segment_stats(&work, &mut |_, _| {}).unwrap();
         assert_eq!(stats.frames, s.frames());
         assert!(

@@ -17,19 +17,6 @@ use serde_json::{json, Value};
 /// One AAC frame at 48 kHz: the A/V alignment a player can notice.
 const AAC_FRAME_S: f64 = 1024.0 / 48_000.0;
 
-fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .output()
-        .expect("run ffmpeg");
-    assert!(
-        out.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn ffprobe(path: &Path) -> Value {
     let out = Command::new("ffprobe")
         .args([
