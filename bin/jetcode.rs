@@ -142,6 +142,8 @@ enum Verb {
     /// Run a worker: plans jobs and runs tasks.
     #[cfg(feature = "media")]
     Worker(jetcode::worker::WorkerArgs),
+    /// Scale workers with the queue lag, CPU and memory (see --actuator).
+    Scaler(jetcode::scaler::ScalerArgs),
     /// Internal: run one media task in this process (used by workers).
     #[cfg(feature = "media")]
     #[command(hide = true)]
@@ -233,6 +235,7 @@ async fn run_bounded(cli: Cli) -> Result<ExitCode> {
         Verb::Watch { .. } => true,
         #[cfg(feature = "media")]
         Verb::Worker(_) => true,
+        Verb::Scaler(_) => true,
         _ => false,
     };
     if follows {
@@ -418,6 +421,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Verb::Worker(args) => {
             let opts = cli.nats.options("jetcode-worker")?;
             jetcode::worker::run(opts, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Scaler(mut args) => {
+            let c = client(&cli.nats).await?;
+            // Local workers talk to the scaler's server unless told otherwise.
+            if !args.worker_args.iter().any(|a| a == "--nats-url") {
+                args.worker_args
+                    .splice(0..0, ["--nats-url".to_string(), cli.nats.nats_url.clone()]);
+            }
+            let act = args.actuator()?;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                }
+                on_signal.cancel();
+            });
+            jetcode::scaler::run(c, args, act, stop).await?;
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "media")]

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod plan;
 pub mod record;
+pub mod scaler;
 #[cfg(feature = "media")]
 pub mod store;
 pub mod streams;

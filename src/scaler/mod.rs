@@ -1,0 +1,193 @@
+//! The autoscaler: every `--interval` it reads the queue lag (tasks and
+//! job specs waiting or in flight, the figure KEDA's JetStream scaler
+//! uses) and the fleet's heartbeats, asks the pure [`policy`] for a worker
+//! count, and has an [`actuator`] make it so. One decision log line per
+//! change, with its reason.
+
+pub mod actuator;
+pub mod policy;
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::record::Heartbeat;
+use crate::subjects;
+use actuator::Actuator;
+use policy::{Observation, Policy, PolicyConfig};
+
+/// `jetcode scaler` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScalerArgs {
+    /// local (run worker processes here), systemd (jetcode-worker@N units),
+    /// command (run --hook with the count), dry-run (log only).
+    #[arg(long, default_value = "local")]
+    pub actuator: String,
+    #[arg(long, default_value_t = 1)]
+    pub min: u32,
+    #[arg(long, default_value_t = 4)]
+    pub max: u32,
+    /// Seconds between decisions.
+    #[arg(long, default_value_t = 5.0)]
+    pub interval: f64,
+    /// Waiting or running tasks one worker is expected to take.
+    #[arg(long, default_value_t = 2)]
+    pub target_tasks_per_worker: u32,
+    /// Most workers added by one decision.
+    #[arg(long, default_value_t = 4)]
+    pub max_step_up: u32,
+    /// Seconds the fleet must stay quiet before one worker is stopped.
+    #[arg(long, default_value_t = 60.0)]
+    pub scale_down_window: f64,
+    /// Mean CPU percent above which waiting work adds one worker.
+    #[arg(long, default_value_t = 85.0)]
+    pub cpu_high: f32,
+    /// Mean memory percent above which the fleet does not grow.
+    #[arg(long, default_value_t = 85.0)]
+    pub mem_high: f32,
+    /// The command actuator's hook (`sh -c`), given JETCODE_DESIRED,
+    /// JETCODE_ACTUAL and JETCODE_WORKERS.
+    #[arg(long)]
+    pub hook: Option<String>,
+    /// The systemd actuator's template unit.
+    #[arg(long, default_value = "jetcode-worker")]
+    pub unit: String,
+    /// Seconds a local worker may take to drain when the scaler stops.
+    #[arg(long, default_value_t = 40.0)]
+    pub stop_bound: f64,
+    /// Arguments for every worker the local actuator starts (after `--`).
+    #[arg(last = true)]
+    pub worker_args: Vec<String>,
+}
+
+impl ScalerArgs {
+    pub fn policy(&self) -> PolicyConfig {
+        PolicyConfig {
+            min: self.min,
+            max: self.max,
+            target_tasks_per_worker: self.target_tasks_per_worker,
+            max_step_up: self.max_step_up,
+            scale_down_window: Duration::from_secs_f64(self.scale_down_window.max(0.0)),
+            cpu_high: self.cpu_high,
+            mem_high: self.mem_high,
+        }
+    }
+
+    /// The actuator these options name, or why not.
+    pub fn actuator(&self) -> Result<Box<dyn Actuator>> {
+        Ok(match self.actuator.as_str() {
+            "local" => Box::new(actuator::Local::new(self.worker_args.clone())?),
+            "systemd" => Box::new(actuator::Systemd::new(self.unit.clone())),
+            "command" => match &self.hook {
+                Some(h) => Box::new(actuator::Hook::new(h.clone(), 0)),
+                None => {
+                    return Err(Error::new(
+                        crate::error::ErrorKind::InvalidSpec,
+                        "--actuator command needs --hook",
+                    ))
+                }
+            },
+            "dry-run" => Box::new(actuator::DryRun::new(0)),
+            other => {
+                return Err(Error::new(
+                    crate::error::ErrorKind::InvalidSpec,
+                    format!("unknown actuator {other:?} (local, systemd, command, dry-run)"),
+                ))
+            }
+        })
+    }
+}
+
+/// Waiting plus in-flight messages of a durable consumer.
+async fn consumer_lag(js: &jetstream::Context, stream: &str, consumer: &str) -> Result<u64> {
+    let mut c: jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(consumer, stream)
+        .await
+        .map_err(|e| Error::js(&format!("open consumer {consumer}"), e))?;
+    let info = c
+        .info()
+        .await
+        .map_err(|e| Error::js(&format!("consumer {consumer} info"), e))?;
+    Ok(info.num_pending + info.num_ack_pending as u64)
+}
+
+/// Lag of the task queue plus job specs not yet planned: with the fleet at
+/// zero, a submitted job is only visible as a waiting spec.
+pub async fn lag(js: &jetstream::Context) -> Result<u64> {
+    let tasks = consumer_lag(js, subjects::TASKS_STREAM, subjects::WORKERS_CONSUMER).await?;
+    let specs = consumer_lag(js, subjects::JOBS_STREAM, subjects::PLANNER_CONSUMER).await?;
+    Ok(tasks + specs)
+}
+
+fn observe(at: Duration, lag: u64, actual: u32, fleet: &[Heartbeat]) -> Observation {
+    let live: Vec<&Heartbeat> = fleet.iter().filter(|h| !h.draining).collect();
+    let n = live.len().max(1) as f32;
+    Observation {
+        at,
+        lag,
+        actual,
+        busy: live.iter().filter(|h| h.busy > 0).count() as u32,
+        cpu: live.iter().map(|h| h.cpu).sum::<f32>() / n,
+        mem: live.iter().map(|h| h.mem).sum::<f32>() / n,
+    }
+}
+
+/// Run until `stop`; then stop what the actuator started, within its bound.
+pub async fn run(
+    client: crate::Client,
+    args: ScalerArgs,
+    mut act: Box<dyn Actuator>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let js = jetstream::new(client.nats().clone());
+    let mut policy = Policy::new(args.policy());
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(args.interval.clamp(0.2, 3600.0));
+    // Each read may take at most this long: a dead server must not stall
+    // the loop past its own interval (nor the exit).
+    let read_bound = interval.max(Duration::from_secs(2));
+    let mut last_reason = "";
+    loop {
+        let lag = tokio::time::timeout(read_bound, lag(&js)).await;
+        let fleet = tokio::time::timeout(read_bound, client.workers()).await;
+        match (lag, fleet) {
+            (Ok(Ok(lag)), Ok(Ok(fleet))) => {
+                let actual = act.actual();
+                let o = observe(started.elapsed(), lag, actual, &fleet);
+                let d = policy.decide(&o);
+                if d.desired != actual {
+                    tracing::info!(
+                        lag,
+                        actual,
+                        desired = d.desired,
+                        busy = o.busy,
+                        cpu = o.cpu,
+                        mem = o.mem,
+                        reason = d.reason.as_str(),
+                        "scaling"
+                    );
+                    if let Err(e) = act.scale_to(d.desired, &fleet) {
+                        tracing::warn!("scaling to {} failed: {e}", d.desired);
+                    }
+                } else if d.reason.as_str() != last_reason {
+                    tracing::debug!(lag, actual, reason = d.reason.as_str(), "holding");
+                }
+                last_reason = d.reason.as_str();
+            }
+            // No figures, no decision: never scale on a guess.
+            (Ok(Err(e)), _) | (_, Ok(Err(e))) => tracing::warn!("no figures this round: {e}"),
+            _ => tracing::warn!("no figures this round: NATS did not answer in {read_bound:?}"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    let bound = Duration::from_secs_f64(args.stop_bound.max(0.0));
+    tokio::task::spawn_blocking(move || act.shutdown(bound))
+        .await
+        .map_err(|e| Error::new(crate::error::ErrorKind::Storage, e.to_string()))?;
+    Ok(())
+}

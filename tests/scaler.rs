@@ -1,0 +1,129 @@
+//! The autoscaler with the local actuator against a real nats-server: a
+//! burst of jobs grows the fleet from its minimum within an interval or
+//! so, the fleet drains back once the queue is empty for the window, and
+//! every job ends done with no task spending a delivery on the way down.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use jetcode::{EventKind, JobState};
+
+async fn live_workers(f: &Fixture) -> usize {
+    f.client
+        .workers()
+        .await
+        .map(|w| w.iter().filter(|h| !h.draining).count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn burst_scales_up_then_drains_back_to_min() {
+    let f = Fixture::new().await;
+    let log = std::fs::File::create(f.root().join("scaler.log")).unwrap();
+    let root = f.root().to_str().unwrap().to_string();
+    let mut scaler = Command::new(jetcode_bin())
+        .args([
+            "scaler",
+            "--actuator",
+            "local",
+            "--min",
+            "1",
+            "--max",
+            "3",
+            "--interval",
+            "1",
+            "--scale-down-window",
+            "4",
+            "--target-tasks-per-worker",
+            "2",
+            "--stop-bound",
+            "20",
+            "--",
+            "--slots",
+            "1",
+            "--file-root",
+            &root,
+            "--drain-timeout",
+            "5",
+        ])
+        .env("NATS_URL", f.server.url())
+        .env("JETCODE_LOG", "info,async_nats=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the minimum fleet", || async {
+        live_workers(&f).await == 1
+    })
+    .await;
+
+    let src = f.clip("in.mp4", 12.0, 640, 360);
+    let jobs = ["burst-a", "burst-b", "burst-c"];
+    let submitted = Instant::now();
+    for id in jobs {
+        let spec = f.spec(
+            id,
+            &src,
+            serde_json::json!([{"name": "r360", "height": 360, "crf": 26, "preset": "veryfast"}]),
+            2.0,
+        );
+        f.client.submit(&spec).await.unwrap();
+    }
+    wait_for(Duration::from_secs(30), "the fleet grown", || async {
+        live_workers(&f).await >= 2
+    })
+    .await;
+    let grew_in = submitted.elapsed();
+
+    for id in jobs {
+        let rec = f
+            .client
+            .wait(id, Some(Duration::from_secs(240)))
+            .await
+            .unwrap();
+        assert_eq!(rec.state, JobState::Done, "{id}");
+    }
+    let idle_at = Instant::now();
+    wait_for(
+        Duration::from_secs(60),
+        "the fleet back to its minimum",
+        || async { f.client.workers().await.map(|w| w.len()).unwrap_or(0) == 1 },
+    )
+    .await;
+    let shrank_in = idle_at.elapsed();
+
+    // Scale-down drained workers: their tasks went back as fresh copies,
+    // so no task was ever delivered twice.
+    for id in jobs {
+        for e in f.events(id).await {
+            if let EventKind::TaskStarted { task, attempt, .. } = &e.kind {
+                assert!(*attempt <= 1, "{id}/{task} delivered {attempt} times");
+            }
+        }
+    }
+
+    // SIGTERM: the scaler drains its workers and exits within its bound.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(scaler.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(s) = scaler.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "scaler did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}");
+    wait_for(Duration::from_secs(20), "no worker left", || async {
+        f.client.workers().await.is_ok_and(|w| w.is_empty())
+    })
+    .await;
+    eprintln!(
+        "scaler: lag appeared -> second worker live in {:.1} s; idle -> back to min in {:.1} s",
+        grew_in.as_secs_f64(),
+        shrank_in.as_secs_f64()
+    );
+}
