@@ -144,6 +144,15 @@ enum Verb {
     Worker(jetcode::worker::WorkerArgs),
     /// Scale workers with the queue lag, CPU and memory (see --actuator).
     Scaler(jetcode::scaler::ScalerArgs),
+    /// A single-machine fleet: a nats-server (unless one answers at
+    /// --nats-url), the topology, and the scaler running local workers.
+    Local {
+        /// Where the started nats-server keeps its file store.
+        #[arg(long, default_value = ".data/nats")]
+        store: PathBuf,
+        #[command(flatten)]
+        scaler: jetcode::scaler::ScalerArgs,
+    },
     /// Internal: run one media task in this process (used by workers).
     #[cfg(feature = "media")]
     #[command(hide = true)]
@@ -235,7 +244,7 @@ async fn run_bounded(cli: Cli) -> Result<ExitCode> {
         Verb::Watch { .. } => true,
         #[cfg(feature = "media")]
         Verb::Worker(_) => true,
-        Verb::Scaler(_) => true,
+        Verb::Scaler(_) | Verb::Local { .. } => true,
         _ => false,
     };
     if follows {
@@ -246,6 +255,114 @@ async fn run_bounded(cli: Cli) -> Result<ExitCode> {
     match tokio::time::timeout(limit, run(cli)).await {
         Ok(r) => r,
         Err(_) => bail!("no answer from NATS at {url} within {limit:?} (--timeout)"),
+    }
+}
+
+/// Run the scaler until SIGTERM or Ctrl-C.
+async fn scale(nats: &NatsArgs, mut args: jetcode::scaler::ScalerArgs) -> Result<()> {
+    let c = client(nats).await?;
+    // Local workers talk to the scaler's server unless told otherwise.
+    if !args.worker_args.iter().any(|a| a == "--nats-url") {
+        args.worker_args
+            .splice(0..0, ["--nats-url".to_string(), nats.nats_url.clone()]);
+    }
+    let act = args.actuator()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated => {}
+        }
+        on_signal.cancel();
+    });
+    jetcode::scaler::run(c, args, act, stop).await?;
+    Ok(())
+}
+
+/// A nats-server `jetcode local` started; stopped (SIGTERM, then SIGKILL
+/// after 10 s) when dropped.
+struct LocalServer(Option<std::process::Child>);
+
+impl LocalServer {
+    async fn start_unless_reachable(nats: &NatsArgs, store: &std::path::Path) -> Result<Self> {
+        let reachable = tokio::time::timeout(
+            Duration::from_secs(2),
+            nats.options("jetcode-local")?.connect(),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if reachable {
+            eprintln!(
+                "using the NATS server at {}",
+                jetcode::connect::redact_urls(&nats.nats_url)
+            );
+            return Ok(LocalServer(None));
+        }
+        let url = url::Url::parse(&nats.nats_url).context("--nats-url")?;
+        let host = url.host_str().unwrap_or("127.0.0.1").to_string();
+        if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1") {
+            bail!(
+                "no NATS server answers at {} and it is not this machine's to start",
+                nats.nats_url
+            );
+        }
+        let port = url.port().unwrap_or(4222);
+        let bin = std::env::var_os("NATS_SERVER_BIN")
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .or_else(|| Some(PathBuf::from(".tools/venv/bin/nats-server")).filter(|p| p.exists()))
+            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        std::fs::create_dir_all(store)?;
+        let child = std::process::Command::new(&bin)
+            .args(["-js", "-a", &host, "-p", &port.to_string(), "-sd"])
+            .arg(store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!("cannot start {} (run bin/dev to install it)", bin.display())
+            })?;
+        let server = LocalServer(Some(child));
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect((host.as_str(), port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("nats-server did not listen on {host}:{port} within 15 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "started nats-server on {host}:{port} (store {})",
+            store.display()
+        );
+        Ok(server)
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let Some(child) = &mut self.0 else { return };
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -423,26 +540,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             jetcode::worker::run(opts, args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Verb::Scaler(mut args) => {
-            let c = client(&cli.nats).await?;
-            // Local workers talk to the scaler's server unless told otherwise.
-            if !args.worker_args.iter().any(|a| a == "--nats-url") {
-                args.worker_args
-                    .splice(0..0, ["--nats-url".to_string(), cli.nats.nats_url.clone()]);
-            }
-            let act = args.actuator()?;
-            let stop = tokio_util::sync::CancellationToken::new();
-            let on_signal = stop.clone();
-            tokio::spawn(async move {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-                }
-                on_signal.cancel();
-            });
-            jetcode::scaler::run(c, args, act, stop).await?;
+        Verb::Scaler(args) => {
+            scale(&cli.nats, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Local { store, scaler } => {
+            let server = LocalServer::start_unless_reachable(&cli.nats, &store).await?;
+            let nc = cli.nats.options("jetcode-local")?.connect().await?;
+            let applied = jetcode::streams::apply(&async_nats::jetstream::new(nc)).await?;
+            eprintln!("topology applied ({} items)", applied.len());
+            let res = scale(&cli.nats, scaler).await;
+            drop(server);
+            res?;
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "media")]

@@ -127,3 +127,74 @@ async fn burst_scales_up_then_drains_back_to_min() {
         shrank_in.as_secs_f64()
     );
 }
+
+/// `jetcode local`: with no server answering it starts nats-server, applies
+/// the topology, runs the minimum fleet; SIGTERM stops workers and server.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_runs_server_topology_and_fleet_and_stops_them() {
+    let root = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let log = std::fs::File::create(root.path().join("local.log")).unwrap();
+    let mut local = Command::new(jetcode_bin())
+        .args(["local", "--nats-url", &url, "--store"])
+        .arg(root.path().join("nats"))
+        .args([
+            "--min",
+            "1",
+            "--max",
+            "2",
+            "--interval",
+            "1",
+            "--",
+            "--slots",
+            "1",
+        ])
+        .arg("--file-root")
+        .arg(root.path())
+        .env("NATS_SERVER_BIN", server_bin())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let client = async || {
+        jetcode::Client::connect(&jetcode::ConnectOptions::new(url.clone()))
+            .await
+            .ok()
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "a worker of the local fleet",
+        || async {
+            match client().await {
+                Some(c) => c.workers().await.is_ok_and(|w| w.len() == 1),
+                None => false,
+            }
+        },
+    )
+    .await;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(local.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = local.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "jetcode local did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nats-server stopped with it"
+    );
+    let root_path = root.path().display().to_string();
+    assert!(
+        processes_mentioning(&root_path).is_empty(),
+        "no worker left"
+    );
+}
