@@ -476,16 +476,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let ws = c.workers().await?;
             if !json {
                 println!(
-                    "{:<28} {:<16} {:>5} {:>5} {:>6} {:>9} {:>8} {:>6}",
-                    "WORKER", "HOST", "SLOTS", "BUSY", "CPU%", "RSS MiB", "FPS", "DONE"
+                    "{:<28} {:<16} {:<8} {:>5} {:>5} {:>6} {:>9} {:>8} {:>6}",
+                    "WORKER", "HOST", "STATE", "SLOTS", "BUSY", "CPU%", "RSS MiB", "FPS", "DONE"
                 );
             }
             for w in ws {
                 if json {
                     println!("{}", serde_json::to_string(&w)?);
                 } else {
+                    let state = if w.draining {
+                        "draining"
+                    } else if w.busy > 0 {
+                        "busy"
+                    } else {
+                        "idle"
+                    };
                     println!(
-                        "{:<28} {:<16} {:>5} {:>5} {:>6.1} {:>9.1} {:>8.1} {:>6}{}",
+                        "{:<28} {:<16} {state:<8} {:>5} {:>5} {:>6.1} {:>9.1} {:>8.1} {:>6}",
                         w.id,
                         w.host,
                         w.slots,
@@ -494,7 +501,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         w.rss as f64 / 1048576.0,
                         w.fps,
                         w.tasks_done,
-                        if w.draining { " draining" } else { "" }
                     );
                 }
             }
