@@ -62,6 +62,25 @@ struct NatsArgs {
 }
 
 impl NatsArgs {
+    /// These options as the `NATS_*` environment a child process reads.
+    fn env(&self) -> Vec<(String, String)> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        [
+            ("NATS_URL", Some(self.nats_url.clone())),
+            ("NATS_CREDS", path(&self.creds)),
+            ("NATS_NKEY", path(&self.nkey)),
+            ("NATS_USER", self.user.clone()),
+            ("NATS_PASSWORD", self.password.clone()),
+            ("NATS_TOKEN", self.token.clone()),
+            ("NATS_CA", path(&self.tls_ca)),
+            ("NATS_CERT", path(&self.tls_cert)),
+            ("NATS_KEY", path(&self.tls_key)),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v?)))
+        .collect()
+    }
+
     fn options(&self, name: &str) -> Result<ConnectOptions> {
         let nkey = match &self.nkey {
             Some(p) => Some(
@@ -260,12 +279,12 @@ async fn run_bounded(cli: Cli) -> Result<ExitCode> {
 
 /// Run the scaler until SIGTERM or Ctrl-C.
 async fn scale(nats: &NatsArgs, mut args: jetcode::scaler::ScalerArgs) -> Result<()> {
+    args.validate()?;
     let c = client(nats).await?;
-    // Local workers talk to the scaler's server unless told otherwise.
-    if !args.worker_args.iter().any(|a| a == "--nats-url") {
-        args.worker_args
-            .splice(0..0, ["--nats-url".to_string(), nats.nats_url.clone()]);
-    }
+    // Local workers talk to the scaler's server with its credentials
+    // (through the environment: `ps` shows command lines), unless the
+    // worker arguments say otherwise.
+    args.worker_env = nats.env();
     let act = args.actuator()?;
     let stop = tokio_util::sync::CancellationToken::new();
     let on_signal = stop.clone();

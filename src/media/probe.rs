@@ -307,9 +307,13 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
 
     let span = last.saturating_sub(first_pts_ns);
     let total = duration.filter(|d| *d > 0).unwrap_or(span);
+    // Frame times are trustworthy when every frame has its own: some
+    // demuxers (MPEG-PS) leave frames without a timestamp or give two the
+    // same, and a rate measured over those is wrong.
+    let times_real = raw.iter().all(|v| v.0.is_some()) && order.windows(2).all(|w| w[0].0 < w[1].0);
     // From the first frame's start to the last one's: frames - 1 gaps.
     let starts_span = match (order.first(), order.last()) {
-        (Some(a), Some(b)) => b.0.saturating_sub(a.0),
+        (Some(a), Some(b)) if times_real => b.0.saturating_sub(a.0),
         _ => 0,
     };
     let (fps_num, fps_den) = frame_rate(s, frames, starts_span, total)
@@ -360,7 +364,7 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
             // Only real times: a frame before an edit list's start (a
             // trimmed upload) has no stream time, and a placeholder would
             // be taken for a frame time.
-            frame_times_ns: if raw.iter().all(|v| v.0.is_some()) {
+            frame_times_ns: if times_real {
                 order.iter().map(|(t, _)| *t).collect()
             } else {
                 Vec::new()

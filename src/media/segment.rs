@@ -302,7 +302,9 @@ fn run(
     // deinterlaced (browsers do not), one output frame per input frame;
     // progressive ones pass through. Then the picture is turned upright.
     let convert = util::make("videoconvert")?;
-    convert.set_property("n-threads", work.threads);
+    if work.threads > 0 {
+        convert.set_property("n-threads", work.threads);
+    }
     let deinterlace = gst::ElementFactory::make("deinterlace")
         .property_from_str("mode", "auto")
         .property_from_str("method", "linear")
@@ -317,7 +319,9 @@ fn run(
         .build()
         .map_err(|_| MediaError::transient("GStreamer element videoflip is not installed"))?;
     let scale = util::make("videoscale")?;
-    scale.set_property("n-threads", work.threads);
+    if work.threads > 0 {
+        scale.set_property("n-threads", work.threads);
+    }
     let capsfilter = util::make("capsfilter")?;
     let queue = util::make("queue")?;
     let mux = util::make("mpegtsmux")?;
@@ -494,7 +498,8 @@ fn run(
                         .build(),
                 );
             }
-            seek_to_start(&b, &seg, pts_offset_ns, frame_ns, half)?;
+            let exact = seg.starts_on_keyframe && seeks_by_index(&parsebin);
+            seek_to_start(&b, &seg, exact, pts_offset_ns, frame_ns, half)?;
             b.pad.remove_probe(b.probe);
         }
         let done = written.load(Ordering::Relaxed);
@@ -520,9 +525,23 @@ fn run(
 /// after a flushing seek every demuxer sends one consistent segment, while
 /// some (matroskademux) start with a provisional one they replace without a
 /// flush, which would shift the first frames' stream time.
+/// Does the source's demuxer seek through an index, snapping a position
+/// back to the keyframe before it? (MPEG-PS and -TS demuxers estimate a
+/// byte offset instead, and may start decoding after the aim.)
+fn seeks_by_index(parsebin: &gst::Element) -> bool {
+    let Some(bin) = parsebin.downcast_ref::<gst::Bin>() else {
+        return false;
+    };
+    bin.iterate_recurse().into_iter().flatten().any(|e| {
+        e.factory()
+            .is_some_and(|f| matches!(f.name().as_str(), "qtdemux" | "matroskademux"))
+    })
+}
+
 fn seek_to_start(
     b: &Blocked,
     segment: &crate::plan::Segment,
+    exact: bool,
     pts_offset_ns: Option<i64>,
     frame_ns: u64,
     half: u64,
@@ -545,12 +564,12 @@ fn seek_to_start(
     // the decoder clip at a position that may be past `start_ns` and lose
     // frames.)
     //
-    // A segment that starts on a source keyframe aims a quarter frame past
-    // it: snapping back lands on that keyframe, so decoding starts exactly
-    // there instead of a whole GOP earlier. If a demuxer's seek space puts
-    // the aim before the keyframe, it snaps to the previous one: a GOP of
-    // wasted decoding, never a lost frame.
-    let target_st = if segment.starts_on_keyframe {
+    // A segment that starts on a source keyframe of an indexed container
+    // aims a quarter frame past it: snapping back lands on that keyframe,
+    // so decoding starts exactly there instead of a whole GOP earlier. If
+    // a demuxer's seek space puts the aim before the keyframe, it snaps to
+    // the previous one: a GOP of wasted decoding, never a lost frame.
+    let target_st = if exact {
         start_ns + half / 2
     } else {
         start_ns.saturating_sub(frame_ns + half + SEEK_MARGIN_NS)

@@ -22,6 +22,9 @@ pub trait Actuator: Send {
     fn scale_to(&mut self, desired: u32, fleet: &[Heartbeat]) -> Result<()>;
     /// On the scaler's own exit: stop what it started, within `bound`.
     fn shutdown(&mut self, bound: Duration);
+    /// The first live fleet the scaler saw: actuators that cannot count
+    /// their workers start from it instead of from zero.
+    fn seed(&mut self, _live: u32) {}
 }
 
 /// Busy tasks of a worker by id (unknown: as busy as can be, stopped last).
@@ -40,29 +43,54 @@ fn spawn_error(what: &str, e: impl std::fmt::Display) -> Error {
 pub struct Local {
     program: PathBuf,
     worker_args: Vec<String>,
+    env: Vec<(String, String)>,
     prefix: String,
     next: u64,
-    running: BTreeMap<String, Child>,
+    running: BTreeMap<String, (Child, Instant)>,
     stopping: Vec<(String, Child)>,
+    /// No new worker before this: one that exits soon after its start
+    /// (bad arguments, no server) must not be restarted in a tight loop.
+    hold_until: Option<Instant>,
 }
 
+/// A worker that exits sooner than this after its start crashed.
+const CRASH_WINDOW: Duration = Duration::from_secs(10);
+/// Pause before starting workers again after such a crash.
+const CRASH_BACKOFF: Duration = Duration::from_secs(10);
+
 impl Local {
-    pub fn new(worker_args: Vec<String>) -> Result<Self> {
+    /// `env` reaches every worker (the NATS URL and credentials: not on
+    /// the command line, where `ps` would show them).
+    pub fn new(worker_args: Vec<String>, env: Vec<(String, String)>) -> Result<Self> {
         let program = std::env::current_exe().map_err(|e| spawn_error("own executable", e))?;
         let host = sysinfo::System::host_name().unwrap_or_else(|| "local".into());
         Ok(Local {
             program,
             worker_args,
+            env,
             prefix: format!("{host}-{}", std::process::id()),
             next: 0,
             running: BTreeMap::new(),
             stopping: Vec::new(),
+            hold_until: None,
         })
     }
 
     fn reap(&mut self) {
-        self.running
-            .retain(|_, c| c.try_wait().map(|s| s.is_none()).unwrap_or(false));
+        let mut crashed = false;
+        self.running.retain(|id, (c, started)| match c.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                tracing::warn!(worker = %id, "worker exited by itself: {status}");
+                crashed |= started.elapsed() < CRASH_WINDOW;
+                false
+            }
+            Err(_) => false,
+        });
+        if crashed {
+            tracing::warn!("a worker exited within {CRASH_WINDOW:?} of its start: holding new starts for {CRASH_BACKOFF:?}");
+            self.hold_until = Some(Instant::now() + CRASH_BACKOFF);
+        }
         self.stopping
             .retain_mut(|(_, c)| c.try_wait().map(|s| s.is_none()).unwrap_or(false));
     }
@@ -76,18 +104,31 @@ impl Actuator for Local {
 
     fn scale_to(&mut self, desired: u32, fleet: &[Heartbeat]) -> Result<()> {
         self.reap();
-        while (self.running.len() as u32) < desired {
+        let held = self.hold_until.is_some_and(|t| Instant::now() < t);
+        while !held && (self.running.len() as u32) < desired {
             self.next += 1;
             let id = format!("{}-{}", self.prefix, self.next);
-            let child = Command::new(&self.program)
-                .arg("worker")
+            let mut cmd = Command::new(&self.program);
+            cmd.arg("worker")
                 .args(["--id", &id])
                 .args(&self.worker_args)
-                .stdin(Stdio::null())
-                .spawn()
-                .map_err(|e| spawn_error("start worker", e))?;
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null());
+            // SAFETY: prctl is a bare syscall, safe between fork and exec.
+            // A scaler killed outright takes its workers along (SIGTERM:
+            // they drain) instead of leaving them to init, where a new
+            // scaler would neither see nor stop them.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().map_err(|e| spawn_error("start worker", e))?;
             tracing::info!(worker = %id, pid = child.id(), "worker started");
-            self.running.insert(id, child);
+            self.running.insert(id, (child, Instant::now()));
         }
         while self.running.len() as u32 > desired {
             let Some(id) = self
@@ -98,7 +139,7 @@ impl Actuator for Local {
             else {
                 break;
             };
-            if let Some(child) = self.running.remove(&id) {
+            if let Some((child, _)) = self.running.remove(&id) {
                 // SAFETY: kill(2) on a child we started and have not reaped.
                 unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
                 tracing::info!(worker = %id, busy = busy_of(fleet, &id), "worker draining");
@@ -109,7 +150,7 @@ impl Actuator for Local {
     }
 
     fn shutdown(&mut self, bound: Duration) {
-        for (id, child) in std::mem::take(&mut self.running) {
+        for (id, (child, _)) in std::mem::take(&mut self.running) {
             // SAFETY: as above.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             self.stopping.push((id, child));
@@ -136,8 +177,28 @@ pub struct Systemd {
 }
 
 impl Systemd {
+    /// Starts from the highest active instance: a restarted scaler must
+    /// still stop the units it started before.
     pub fn new(unit: String) -> Self {
-        Systemd { unit, active: 0 }
+        let active = Command::new("systemctl")
+            .args(["list-units", "--state=active", "--no-legend", "--plain"])
+            .arg(format!("{unit}@*.service"))
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter_map(|l| {
+                        let name = l.split_whitespace().next()?;
+                        name.strip_prefix(&format!("{unit}@"))?
+                            .strip_suffix(".service")?
+                            .parse::<u32>()
+                            .ok()
+                    })
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        Systemd { unit, active }
     }
 
     fn systemctl(&self, verb: &str, n: u32) -> Result<()> {
@@ -181,7 +242,8 @@ impl Actuator for Systemd {
 pub struct Hook {
     hook: String,
     believed: u32,
-    running: Option<Child>,
+    /// The last call, and the count believed before it.
+    running: Option<(Child, u32)>,
 }
 
 impl Hook {
@@ -192,6 +254,29 @@ impl Hook {
             running: None,
         }
     }
+
+    /// True while the last call runs; a failed call is undone (the count
+    /// it promised did not happen) so the next decision tries again.
+    fn last_call_running(&mut self) -> bool {
+        let Some((child, before)) = &mut self.running else {
+            return false;
+        };
+        match child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                if !status.success() {
+                    tracing::warn!("scaling hook failed ({status}): still {before} workers");
+                    self.believed = *before;
+                }
+                self.running = None;
+                false
+            }
+            Err(_) => {
+                self.running = None;
+                false
+            }
+        }
+    }
 }
 
 impl Actuator for Hook {
@@ -200,11 +285,9 @@ impl Actuator for Hook {
     }
 
     fn scale_to(&mut self, desired: u32, fleet: &[Heartbeat]) -> Result<()> {
-        if let Some(c) = &mut self.running {
-            if c.try_wait().map(|s| s.is_none()).unwrap_or(false) {
-                // The last call is still running: do not stack calls.
-                return Ok(());
-            }
+        if self.last_call_running() {
+            // Do not stack calls.
+            return Ok(());
         }
         let child = Command::new("sh")
             .args(["-c", &self.hook])
@@ -217,12 +300,21 @@ impl Actuator for Hook {
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| spawn_error("scaling hook", e))?;
-        self.running = Some(child);
+        self.running = Some((child, self.believed));
         self.believed = desired;
         Ok(())
     }
 
-    fn shutdown(&mut self, _bound: Duration) {}
+    fn shutdown(&mut self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        while self.last_call_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn seed(&mut self, live: u32) {
+        self.believed = live;
+    }
 }
 
 /// Says what it would do; counts as if it had.
@@ -248,4 +340,8 @@ impl Actuator for DryRun {
     }
 
     fn shutdown(&mut self, _bound: Duration) {}
+
+    fn seed(&mut self, live: u32) {
+        self.believed = live;
+    }
 }

@@ -54,22 +54,56 @@ pub struct ScalerArgs {
     /// The systemd actuator's template unit.
     #[arg(long, default_value = "jetcode-worker")]
     pub unit: String,
-    /// Seconds a local worker may take to drain when the scaler stops.
-    #[arg(long, default_value_t = 40.0)]
+    /// Seconds local workers get to drain when the scaler stops; keep it
+    /// above the workers' --drain-timeout + 10 (their own exit bound).
+    #[arg(long, default_value_t = 50.0)]
     pub stop_bound: f64,
     /// Arguments for every worker the local actuator starts (after `--`).
     #[arg(last = true)]
     pub worker_args: Vec<String>,
+    /// Environment for every local worker (NATS URL and credentials).
+    #[arg(skip)]
+    pub worker_env: Vec<(String, String)>,
+}
+
+/// A duration option: finite, not negative, at most a day.
+fn secs(name: &str, v: f64) -> Result<Duration> {
+    if v.is_finite() && (0.0..=86_400.0).contains(&v) {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(Error::new(
+            crate::error::ErrorKind::InvalidSpec,
+            format!("--{name} {v}: want seconds between 0 and 86400"),
+        ))
+    }
 }
 
 impl ScalerArgs {
+    /// Every option in range, or the one that is not.
+    pub fn validate(&self) -> Result<()> {
+        secs("interval", self.interval)?;
+        secs("scale-down-window", self.scale_down_window)?;
+        secs("stop-bound", self.stop_bound)?;
+        if self.max == 0 || self.max < self.min {
+            return Err(Error::new(
+                crate::error::ErrorKind::InvalidSpec,
+                format!(
+                    "--max {} must be at least 1 and at least --min {}",
+                    self.max, self.min
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn policy(&self) -> PolicyConfig {
         PolicyConfig {
             min: self.min,
             max: self.max,
             target_tasks_per_worker: self.target_tasks_per_worker,
             max_step_up: self.max_step_up,
-            scale_down_window: Duration::from_secs_f64(self.scale_down_window.max(0.0)),
+            scale_down_window: secs("scale-down-window", self.scale_down_window)
+                .unwrap_or(Duration::from_secs(60)),
             cpu_high: self.cpu_high,
             mem_high: self.mem_high,
         }
@@ -78,7 +112,10 @@ impl ScalerArgs {
     /// The actuator these options name, or why not.
     pub fn actuator(&self) -> Result<Box<dyn Actuator>> {
         Ok(match self.actuator.as_str() {
-            "local" => Box::new(actuator::Local::new(self.worker_args.clone())?),
+            "local" => Box::new(actuator::Local::new(
+                self.worker_args.clone(),
+                self.worker_env.clone(),
+            )?),
             "systemd" => Box::new(actuator::Systemd::new(self.unit.clone())),
             "command" => match &self.hook {
                 Some(h) => Box::new(actuator::Hook::new(h.clone(), 0)),
@@ -141,19 +178,58 @@ pub async fn run(
     mut act: Box<dyn Actuator>,
     stop: CancellationToken,
 ) -> Result<()> {
+    args.validate()?;
     let js = jetstream::new(client.nats().clone());
     let mut policy = Policy::new(args.policy());
     let started = Instant::now();
-    let interval = Duration::from_secs_f64(args.interval.clamp(0.2, 3600.0));
+    let interval = secs("interval", args.interval)?.max(Duration::from_millis(200));
     // Each read may take at most this long: a dead server must not stall
     // the loop past its own interval (nor the exit).
-    let read_bound = interval.max(Duration::from_secs(2));
+    let read_bound = interval.clamp(Duration::from_secs(2), Duration::from_secs(10));
     let mut last_reason = "";
+    let (mut seeded, mut fleet_unknown) = (false, false);
     loop {
-        let lag = tokio::time::timeout(read_bound, lag(&js)).await;
-        let fleet = tokio::time::timeout(read_bound, client.workers()).await;
-        match (lag, fleet) {
-            (Ok(Ok(lag)), Ok(Ok(fleet))) => {
+        let read = async {
+            let lag = tokio::time::timeout(read_bound, lag(&js)).await;
+            let fleet = tokio::time::timeout(read_bound, client.workers()).await;
+            (lag, fleet)
+        };
+        let (lag, fleet) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = read => r,
+        };
+        // Heartbeats are a hint (who is busy, CPU, memory); the lag is the
+        // decision. The heartbeat bucket lives in memory and is gone after
+        // a server restart until a worker writes again: with no worker
+        // running, nothing would ever recreate it.
+        let fleet = match fleet {
+            Ok(Ok(f)) => {
+                fleet_unknown = false;
+                if !seeded {
+                    act.seed(f.iter().filter(|h| !h.draining).count() as u32);
+                    seeded = true;
+                }
+                f
+            }
+            Ok(Err(e)) => {
+                if !fleet_unknown {
+                    tracing::warn!("no heartbeats ({e}): deciding on the lag alone");
+                }
+                fleet_unknown = true;
+                Vec::new()
+            }
+            Err(_) => {
+                if !fleet_unknown {
+                    tracing::warn!(
+                        "no heartbeats within {read_bound:?}: deciding on the lag alone"
+                    );
+                }
+                fleet_unknown = true;
+                Vec::new()
+            }
+        };
+        match lag {
+            Ok(Ok(lag)) => {
                 let actual = act.actual();
                 let o = observe(started.elapsed(), lag, actual, &fleet);
                 let d = policy.decide(&o);
@@ -176,16 +252,18 @@ pub async fn run(
                 }
                 last_reason = d.reason.as_str();
             }
-            // No figures, no decision: never scale on a guess.
-            (Ok(Err(e)), _) | (_, Ok(Err(e))) => tracing::warn!("no figures this round: {e}"),
-            _ => tracing::warn!("no figures this round: NATS did not answer in {read_bound:?}"),
+            // No lag, no decision: never scale on a guess.
+            Ok(Err(e)) => tracing::warn!("no lag figure this round: {e}"),
+            Err(_) => {
+                tracing::warn!("no lag figure this round: NATS did not answer in {read_bound:?}")
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(interval) => {}
         }
     }
-    let bound = Duration::from_secs_f64(args.stop_bound.max(0.0));
+    let bound = secs("stop-bound", args.stop_bound)?;
     tokio::task::spawn_blocking(move || act.shutdown(bound))
         .await
         .map_err(|e| Error::new(crate::error::ErrorKind::Storage, e.to_string()))?;

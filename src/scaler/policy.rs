@@ -10,8 +10,9 @@
 //!   more worker even if the lag alone would not ask for it, unless memory
 //!   is the bottleneck (mean memory above `mem_high`): more workers on the
 //!   same hosts would only make that worse, so the count holds;
-//! * shrinking needs the fleet quiet (no lag, not more busy workers than
-//!   it would keep) for `scale_down_window`, and then removes one worker;
+//! * shrinking needs more workers than the lag and the busy workers need
+//!   for a whole `scale_down_window`, and then removes one worker (a
+//!   trickle of retries does not pin the fleet at its peak);
 //!   the window starts again after every change, so a sawtooth load whose
 //!   quiet spells are shorter than the window never shrinks the fleet;
 //! * never below `min`, never above `max`; `min = 0` scales to zero when
@@ -137,26 +138,26 @@ impl Policy {
                 reason: Reason::Bounds,
             };
         }
-        if o.lag > 0 {
+        let per = c.target_tasks_per_worker.max(1) as u64;
+        let wanted = o.lag.div_ceil(per).min(u32::MAX as u64) as u32;
+        // What the fleet needs now: the lag's share, and every busy worker
+        // (never stop one that is working).
+        let need = clamp(wanted.max(o.busy));
+        let hot = o.lag > 0 && c.cpu_high > 0.0 && o.cpu >= c.cpu_high && o.busy >= o.actual;
+        if need > o.actual || hot {
             self.quiet_since = None;
-            let per = c.target_tasks_per_worker.max(1) as u64;
-            let wanted = o.lag.div_ceil(per).min(u32::MAX as u64) as u32;
-            let memory_bound = c.mem_high > 0.0 && o.mem >= c.mem_high;
-            if memory_bound && o.actual > 0 {
+            if c.mem_high > 0.0 && o.mem >= c.mem_high && o.actual > 0 {
                 return Decision {
                     desired: o.actual,
                     reason: Reason::MemoryBound,
                 };
             }
-            let step = c.max_step_up.max(1);
-            let (target, reason) = if wanted > o.actual {
-                (wanted, Reason::Backlog)
-            } else if c.cpu_high > 0.0 && o.cpu >= c.cpu_high && o.busy >= o.actual {
-                (o.actual + 1, Reason::HotCpu)
+            let (target, reason) = if need > o.actual {
+                (need, Reason::Backlog)
             } else {
-                (o.actual, Reason::Steady)
+                (o.actual + 1, Reason::HotCpu)
             };
-            let desired = clamp(target.min(o.actual.saturating_add(step)));
+            let desired = clamp(target.min(o.actual.saturating_add(c.max_step_up.max(1))));
             return Decision {
                 desired,
                 reason: if desired == o.actual {
@@ -166,15 +167,16 @@ impl Policy {
                 },
             };
         }
-        // No lag. Busy workers finish what they hold; shrink only below
-        // what is busy, and only after a whole quiet window.
-        if o.actual <= c.min || o.actual <= o.busy {
+        if need == o.actual {
             self.quiet_since = None;
             return Decision {
                 desired: o.actual,
                 reason: Reason::Steady,
             };
         }
+        // More workers than the lag and the busy ones need (a trickle of
+        // retries keeps lag above zero for minutes: it must not pin the
+        // fleet at its peak): one fewer after a whole window of that.
         let since = *self.quiet_since.get_or_insert(o.at);
         if o.at.saturating_sub(since) < c.scale_down_window {
             return Decision {
@@ -182,7 +184,7 @@ impl Policy {
                 reason: Reason::Settling,
             };
         }
-        // One at a time; the next one needs a new quiet window.
+        // One at a time; the next one needs a new window.
         self.quiet_since = Some(o.at);
         Decision {
             desired: clamp(o.actual - 1),
@@ -308,6 +310,19 @@ mod tests {
                     (3, Steady),
                     (3, Steady),
                     (3, Settling),
+                    (2, Idle),
+                ],
+            ),
+            (
+                "a trickle of lag after a burst still shrinks to what it needs",
+                cfg(),
+                5,
+                vec![(0, 2, 1), (20, 1, 1), (31, 2, 1), (62, 1, 1), (93, 2, 0)],
+                vec![
+                    (5, Settling),
+                    (5, Settling),
+                    (4, Idle),
+                    (3, Idle),
                     (2, Idle),
                 ],
             ),
