@@ -198,3 +198,43 @@ async fn local_runs_server_topology_and_fleet_and_stops_them() {
         "no worker left"
     );
 }
+
+/// After a server restart the in-memory heartbeat bucket is gone until a
+/// worker writes again: the scaler must still bring the fleet to its
+/// minimum from the lag alone. Killed outright, it takes its workers with
+/// it instead of leaving them to init.
+#[tokio::test(flavor = "multi_thread")]
+async fn scaler_starts_without_heartbeats_and_its_workers_die_with_it() {
+    let f = Fixture::new().await;
+    let js = async_nats::jetstream::new(f.client.nats().clone());
+    js.delete_key_value(jetcode::subjects::WORKERS_BUCKET)
+        .await
+        .unwrap();
+    let root = f.root().to_str().unwrap().to_string();
+    let mut scaler = Command::new(jetcode_bin())
+        .args([
+            "scaler",
+            "--min",
+            "1",
+            "--max",
+            "2",
+            "--interval",
+            "1",
+            "--",
+        ])
+        .args(["--slots", "1", "--file-root", &root])
+        .env("NATS_URL", f.server.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the minimum fleet", || async {
+        live_workers(&f).await == 1
+    })
+    .await;
+    scaler.kill().unwrap();
+    scaler.wait().unwrap();
+    wait_until(Duration::from_secs(30), "the workers gone with it", || {
+        processes_mentioning(&root).is_empty()
+    });
+}
