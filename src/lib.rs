@@ -7,6 +7,7 @@ pub mod client;
 pub mod connect;
 pub mod dispatch;
 pub mod error;
+pub mod http;
 pub mod job;
 pub mod ledger;
 pub mod lifecycle;

@@ -23,7 +23,16 @@ pub const RECONCILE_REPAIRS: &str = "jetcode_reconcile_repairs_total";
 /// Times a worker listed a job's checkpoints to see whether its parts are
 /// all done. Kept to about one per job by counting its queued tasks first.
 pub const COMPLETION_SCANS: &str = "jetcode_completion_scans_total";
+/// The scaler's last lag reading: tasks and specs waiting or in flight.
+pub const SCALER_LAG: &str = "jetcode_scaler_lag";
+/// Workers the scaler's policy asks for.
+pub const SCALER_DESIRED: &str = "jetcode_scaler_workers_desired";
+/// Workers the scaler's actuator runs.
+pub const SCALER_ACTUAL: &str = "jetcode_scaler_workers_actual";
+/// Scaling changes, by `reason`.
+pub const SCALER_DECISIONS: &str = "jetcode_scaler_decisions_total";
 
+pub const LABEL_REASON: &str = "reason";
 pub const LABEL_KIND: &str = "kind";
 pub const LABEL_OUTCOME: &str = "outcome";
 
@@ -46,6 +55,10 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Duration of a reconciler sweep over running jobs"
     );
+    metrics::describe_gauge!(SCALER_LAG, "Tasks and job specs waiting or in flight");
+    metrics::describe_gauge!(SCALER_DESIRED, "Workers the scaling policy asks for");
+    metrics::describe_gauge!(SCALER_ACTUAL, "Workers the actuator runs");
+    metrics::describe_counter!(SCALER_DECISIONS, "Scaling changes by reason");
     metrics::describe_counter!(
         COMPLETION_SCANS,
         "Listings of a job's checkpoints to check for completion"

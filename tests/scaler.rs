@@ -24,9 +24,17 @@ async fn burst_scales_up_then_drains_back_to_min() {
     let f = Fixture::new().await;
     let log = std::fs::File::create(f.root().join("scaler.log")).unwrap();
     let root = f.root().to_str().unwrap().to_string();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let mut scaler = Command::new(jetcode_bin())
         .args([
             "scaler",
+            "--metrics-addr",
+            &metrics_addr,
             "--actuator",
             "local",
             "--min",
@@ -77,6 +85,15 @@ async fn burst_scales_up_then_drains_back_to_min() {
     })
     .await;
     let grew_in = submitted.elapsed();
+    let metrics = http_get_body(metrics_port, "/metrics").expect("scaler /metrics");
+    assert!(
+        metrics.contains("jetcode_scaler_decisions_total{reason=\"backlog\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jetcode_scaler_workers_desired"),
+        "{metrics}"
+    );
 
     for id in jobs {
         let rec = f

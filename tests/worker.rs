@@ -438,25 +438,6 @@ async fn cancel_stops_work_within_seconds() {
     );
 }
 
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    // Two segments on purpose: the server must wait for the whole head.
-    s.set_nodelay(true).unwrap();
-    s.write_all(b"GET ").unwrap();
-    s.flush().unwrap();
-    write!(s, "{path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("0")
-        .parse()
-        .unwrap_or(0);
-    (code, buf)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn health_metrics_heartbeat_and_micro_service() {
     let f = Fixture::new().await;

@@ -13,6 +13,7 @@ use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::metrics as m;
 use crate::record::Heartbeat;
 use crate::subjects;
 use actuator::Actuator;
@@ -61,6 +62,9 @@ pub struct ScalerArgs {
     /// Arguments for every worker the local actuator starts (after `--`).
     #[arg(last = true)]
     pub worker_args: Vec<String>,
+    /// Address of the scaler's /healthz and /metrics (port 0: any free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub metrics_addr: String,
     /// Environment for every local worker (NATS URL and credentials).
     #[arg(skip)]
     pub worker_env: Vec<(String, String)>,
@@ -171,6 +175,42 @@ fn observe(at: Duration, lag: u64, actual: u32, fleet: &[Heartbeat]) -> Observat
     }
 }
 
+/// Serve /healthz and /metrics on `addr` until `stop` (None when a
+/// metrics recorder is already installed in this process).
+async fn endpoint(
+    addr: &str,
+    stop: CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let Ok(prometheus) = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()
+    else {
+        return Ok(None);
+    };
+    m::describe();
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Error::new(
+            crate::error::ErrorKind::Storage,
+            format!("metrics address {addr}: {e}"),
+        )
+    })?;
+    if let Ok(a) = listener.local_addr() {
+        tracing::info!("scaler metrics on http://{a}/metrics");
+    }
+    let router = axum::Router::new()
+        .route(
+            "/healthz",
+            get(|| async { crate::http::text(StatusCode::OK, "ok\n") }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move { crate::http::metrics(&prometheus) }),
+        );
+    Ok(Some(tokio::spawn(crate::http::serve(
+        listener, router, stop,
+    ))))
+}
+
 /// Run until `stop`; then stop what the actuator started, within its bound.
 pub async fn run(
     client: crate::Client,
@@ -179,6 +219,7 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<()> {
     args.validate()?;
+    let http = endpoint(&args.metrics_addr, stop.clone()).await?;
     let js = jetstream::new(client.nats().clone());
     let mut policy = Policy::new(args.policy());
     let started = Instant::now();
@@ -233,7 +274,12 @@ pub async fn run(
                 let actual = act.actual();
                 let o = observe(started.elapsed(), lag, actual, &fleet);
                 let d = policy.decide(&o);
+                metrics::gauge!(m::SCALER_LAG).set(lag as f64);
+                metrics::gauge!(m::SCALER_ACTUAL).set(actual as f64);
+                metrics::gauge!(m::SCALER_DESIRED).set(d.desired as f64);
                 if d.desired != actual {
+                    metrics::counter!(m::SCALER_DECISIONS, m::LABEL_REASON => d.reason.as_str())
+                        .increment(1);
                     tracing::info!(
                         lag,
                         actual,
@@ -262,6 +308,9 @@ pub async fn run(
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(interval) => {}
         }
+    }
+    if let Some(h) = http {
+        let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
     }
     let bound = secs("stop-bound", args.stop_bound)?;
     tokio::task::spawn_blocking(move || act.shutdown(bound))

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use async_nats::service::ServiceExt;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -171,73 +170,45 @@ pub async fn http_loop(
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     stop: CancellationToken,
 ) {
-    loop {
-        let conn = tokio::select! {
-            _ = stop.cancelled() => return,
-            c = listener.accept() => c,
-        };
-        let Ok((mut sock, _)) = conn else { continue };
-        let w = w.clone();
-        let prometheus = prometheus.clone();
-        tokio::spawn(async move {
-            let Ok(Some(head)) =
-                tokio::time::timeout(Duration::from_secs(5), read_request_head(&mut sock)).await
-            else {
-                return;
-            };
-            let req = String::from_utf8_lossy(&head);
-            let path = req.split_whitespace().nth(1).unwrap_or("/");
-            let connected = super::connected(&w.nats);
-            let (code, body, ctype) = match path {
-                // Liveness: this process answers. A NATS outage is a
-                // readiness matter; restarting the worker would not fix it
-                // and would kill its encodes.
-                "/healthz" if connected => (200, "ok\n".to_string(), "text/plain"),
-                "/healthz" => (200, "ok (nats disconnected)\n".to_string(), "text/plain"),
-                "/readyz"
-                    if connected
-                        && w.ready.load(Ordering::Relaxed)
-                        && !w.shutdown.is_cancelled()
-                        && w.local_failures.load(Ordering::Relaxed)
-                            < super::LOCAL_FAILURES_UNREADY =>
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let live = w.clone();
+    let ready = w;
+    let router = axum::Router::new()
+        // Liveness: this process answers. A NATS outage is a readiness
+        // matter; restarting the worker would not fix it and would kill
+        // its encodes.
+        .route(
+            "/healthz",
+            get(move || async move {
+                let body = if super::connected(&live.nats) {
+                    "ok\n"
+                } else {
+                    "ok (nats disconnected)\n"
+                };
+                crate::http::text(StatusCode::OK, body)
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || async move {
+                let w = &ready;
+                if super::connected(&w.nats)
+                    && w.ready.load(Ordering::Relaxed)
+                    && !w.shutdown.is_cancelled()
+                    && w.local_failures.load(Ordering::Relaxed) < super::LOCAL_FAILURES_UNREADY
                 {
-                    (200, "ready\n".to_string(), "text/plain")
+                    crate::http::text(StatusCode::OK, "ready\n")
+                } else {
+                    crate::http::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 }
-                "/readyz" => (503, "not ready\n".to_string(), "text/plain"),
-                "/metrics" => (200, prometheus.render(), "text/plain; version=0.0.4"),
-                _ => (404, "not found\n".to_string(), "text/plain"),
-            };
-            let reason = match code {
-                200 => "OK",
-                404 => "Not Found",
-                _ => "Service Unavailable",
-            };
-            let head = format!(
-                "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
-    }
-}
-
-/// Read until the blank line that ends an HTTP request head. A client may
-/// send the request line in several TCP segments; answering after the first
-/// one and closing with unread bytes makes the kernel reset the connection.
-async fn read_request_head(sock: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
-    const MAX_HEAD: usize = 8 * 1024;
-    let mut head = Vec::with_capacity(256);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = sock.read(&mut buf).await.ok()?;
-        if n == 0 || head.len() + n > MAX_HEAD {
-            return None;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    Some(head)
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move { crate::http::metrics(&prometheus) }),
+        );
+    crate::http::serve(listener, router, stop).await;
 }
 
 /// Register the `nats micro` service: PING/INFO/STATS for free, plus a

@@ -432,13 +432,33 @@ impl Drop for NatsCluster {
 
 /// Body of a plain HTTP GET on loopback, or None.
 pub fn http_get_body(port: u16, path: &str) -> Option<String> {
+    let (code, text) = http_get(port, path);
+    (code != 0).then(|| text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()))?
+}
+
+/// GET `path` from 127.0.0.1:`port`: (status code, whole response), (0, "")
+/// when nothing answers. The request line goes out in two TCP segments on
+/// purpose: a server must wait for the whole head.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.set_nodelay(true);
+    let _ = s.write_all(b"GET ").and_then(|_| s.flush());
+    let _ = write!(
+        s,
+        "{path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, buf)
 }
 
 /// A real nats-server with the topology applied, a client, and a temp
