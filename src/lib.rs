@@ -12,7 +12,6 @@ pub mod job;
 pub mod ledger;
 pub mod lifecycle;
 pub mod manifest;
-#[cfg(feature = "media")]
 pub mod metrics;
 pub mod plan;
 pub mod record;
