@@ -186,11 +186,7 @@ pub fn stitch(
                 None,
                 duration_s,
             )?);
-            let decode_lead = parts
-                .parts
-                .first()
-                .and_then(|p| ts::first_video_decode_lead(&dir.join(&p.key)))
-                .unwrap_or(0);
+            let decode_lead = parts.parts.first().map_or(0, |p| p.scan.first_decode_lead);
             variants.push(Variant {
                 name: r.name.clone(),
                 size: parts.size,

@@ -272,29 +272,13 @@ pub(crate) fn first_pts(path: &Path) -> Option<u64> {
     data.chunks_exact(PACKET).find_map(pes_pts)
 }
 
-/// How long the first video frame of `path` is presented after it is
-/// decoded (its PTS minus its DTS, 90 kHz ticks): the reorder delay of
-/// B-frames. Players that put time zero at the first decode time see
-/// nothing until then.
-pub(crate) fn first_video_decode_lead(path: &Path) -> Option<u64> {
-    let data = read_head(path, 1 << 20)?;
-    data.chunks_exact(PACKET).find_map(|pkt| {
-        let p = packet(pkt)?;
-        if !p.start {
-            return None;
-        }
-        let h = p.payload;
-        let (id, pts, _) = pes_header(h)?;
-        if !is_video_stream(id) {
-            return None;
-        }
-        let pts = pts?;
-        // PTS_DTS_flags == 0b11: a DTS follows the PTS.
-        if h[7] & 0xC0 != 0xC0 || h.len() < 19 {
-            return Some(0);
-        }
-        Some(pts_diff(timestamp(&h[14..19]), pts))
-    })
+/// PTS minus DTS of a PES header with PTS `pts` (0 without a DTS).
+fn decode_lead(h: &[u8], pts: u64) -> u64 {
+    // PTS_DTS_flags == 0b11: a DTS follows the PTS.
+    if h.len() < 19 || h[7] & 0xC0 != 0xC0 {
+        return 0;
+    }
+    pts_diff(timestamp(&h[14..19]), pts)
 }
 
 /// 90 kHz ticks to nanoseconds.
@@ -361,6 +345,10 @@ pub(crate) struct VideoScan {
     pub starts_with_keyframe: bool,
     /// PTS of the first access unit in the file.
     pub first_pts: Option<u64>,
+    /// How long the first frame is presented after it is decoded (PTS
+    /// minus DTS, 90 kHz ticks): the reorder delay of B-frames. Players
+    /// that put time zero at the first decode time see nothing until then.
+    pub first_decode_lead: u64,
     pub keyframes: Vec<KeyFrame>,
     /// Picture size from the first SPS (cropping applied).
     pub size: Option<(u32, u32)>,
@@ -438,6 +426,8 @@ pub(crate) fn scan_video(path: &Path, bytes: &mut dyn FnMut(&[u8])) -> std::io::
                     video_pid = Some(p.pid);
                     if let Some(u) = unit.take() {
                         finish(u, &mut scan);
+                    } else if let Some(pts) = pts {
+                        scan.first_decode_lead = decode_lead(p.payload, pts);
                     }
                     unit = Some(Unit {
                         pts,
