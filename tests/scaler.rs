@@ -125,14 +125,7 @@ async fn burst_scales_up_then_drains_back_to_min() {
     // SIGTERM: the scaler drains its workers and exits within its bound.
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(scaler.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let status = loop {
-        if let Some(s) = scaler.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "scaler did not exit");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = wait_exit(&mut scaler, Duration::from_secs(40), "scaler exit");
     assert!(status.success(), "{status}");
     wait_for(Duration::from_secs(20), "no worker left", || async {
         f.client.workers().await.is_ok_and(|w| w.is_empty())
@@ -196,14 +189,7 @@ async fn local_runs_server_topology_and_fleet_and_stops_them() {
     .await;
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(local.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = local.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "jetcode local did not exit");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = wait_exit(&mut local, Duration::from_secs(60), "jetcode local exit");
     assert!(status.success(), "{status}");
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),

@@ -218,13 +218,18 @@ impl WorkerProc {
 
     /// Wait for exit with a deadline; returns the exit status.
     pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
-        let mut status = None;
-        wait_until(deadline, "worker exit", || {
-            status = self.child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        status.expect("exited")
+        wait_exit(&mut self.child, deadline, "worker exit")
     }
+}
+
+/// Wait for `child` to exit, at most `deadline`; its status.
+pub fn wait_exit(child: &mut Child, deadline: Duration, what: &str) -> std::process::ExitStatus {
+    let mut status = None;
+    wait_until(deadline, what, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status.expect("exited")
 }
 
 impl Drop for WorkerProc {
