@@ -343,11 +343,23 @@ impl LocalServer {
             .or_else(|| Some(PathBuf::from(".tools/venv/bin/nats-server")).filter(|p| p.exists()))
             .unwrap_or_else(|| PathBuf::from("nats-server"));
         std::fs::create_dir_all(store)?;
-        let child = std::process::Command::new(&bin)
-            .args(["-js", "-a", &host, "-p", &port.to_string(), "-sd"])
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["-js", "-a", &host, "-p", &port.to_string(), "-sd"])
             .arg(store)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: prctl is a bare syscall, safe between fork and exec. A
+        // `jetcode local` killed outright takes its server along instead of
+        // leaving it holding the port and the store.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .with_context(|| {
                 format!("cannot start {} (run bin/dev to install it)", bin.display())

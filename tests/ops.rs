@@ -1,7 +1,8 @@
 //! The operator's kit stays true to the code: every metric the Prometheus
 //! rules and the Grafana dashboard use is one the code exports (names live
 //! in src/metrics.rs), the dashboard is valid JSON, and the rules pass
-//! `promtool check rules` where promtool is installed.
+//! `promtool check rules` where promtool is installed; the systemd units
+//! pass `systemd-analyze verify` and the nats-server configs `nats-server -t`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -75,4 +76,88 @@ fn alert_rules_pass_promtool_where_installed() {
             "promtool is not installed (Debian's prometheus package has it): rules checked only by the metric-name test"
         ),
     }
+}
+
+/// The shipped units, with their binaries pointed at this build, pass
+/// `systemd-analyze verify` with no warning (it exits 0 on unknown keys
+/// and bad values, so any output is a failure). `bin/dev` installs
+/// systemd's tools where they are missing.
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let jetcode = env!("CARGO_BIN_EXE_jetcode");
+    let nats = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+    let nats = which(&nats).unwrap_or_else(|| panic!("no nats-server at {nats} (run bin/dev)"));
+    let mut units = Vec::new();
+    for entry in std::fs::read_dir(root().join("ops/systemd")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".service") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/usr/local/bin/jetcode", jetcode)
+            .replace("/usr/local/bin/nats-server", &nats.to_string_lossy());
+        // A template is verified as one instance of it.
+        let name = name.replace("@.service", "@1.service");
+        std::fs::write(dir.path().join(&name), text).unwrap();
+        units.push(dir.path().join(name));
+    }
+    assert!(units.len() >= 3, "units: {units:?}");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package; bin/dev installs it)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+}
+
+/// The shipped nats-server configurations parse (`nats-server -t`).
+#[test]
+fn nats_configs_pass_nats_server_test() {
+    let nats = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root().join("ops/nats")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "conf") {
+            continue;
+        }
+        let out = Command::new(&nats)
+            .arg("-c")
+            .arg(&path)
+            .arg("-t")
+            // cluster-node.conf takes its name from the environment.
+            .env("NATS_SERVER_NAME", "n1")
+            .output()
+            .expect("nats-server (run bin/dev)");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2);
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    let p = Path::new(program);
+    if p.components().count() > 1 {
+        return p.exists().then(|| p.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|c| c.exists())
+    })
 }

@@ -164,14 +164,18 @@ pub async fn lag(js: &jetstream::Context) -> Result<u64> {
 
 fn observe(at: Duration, lag: u64, actual: u32, fleet: &[Heartbeat]) -> Observation {
     let live: Vec<&Heartbeat> = fleet.iter().filter(|h| !h.draining).collect();
-    let n = live.len().max(1) as f32;
+    // An empty fleet is idle: 0, not the -0.0 an empty float sum gives.
+    let mean = |f: fn(&Heartbeat) -> f32| match live.len() {
+        0 => 0.0,
+        n => live.iter().map(|h| f(h)).sum::<f32>() / n as f32,
+    };
     Observation {
         at,
         lag,
         actual,
         busy: live.iter().filter(|h| h.busy > 0).count() as u32,
-        cpu: live.iter().map(|h| h.cpu).sum::<f32>() / n,
-        mem: live.iter().map(|h| h.mem).sum::<f32>() / n,
+        cpu: mean(|h| h.cpu),
+        mem: mean(|h| h.mem),
     }
 }
 
@@ -285,8 +289,8 @@ pub async fn run(
                         actual,
                         desired = d.desired,
                         busy = o.busy,
-                        cpu = o.cpu,
-                        mem = o.mem,
+                        cpu = %format_args!("{:.0}", o.cpu),
+                        mem = %format_args!("{:.0}", o.mem),
                         reason = d.reason.as_str(),
                         "scaling"
                     );
