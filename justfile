@@ -42,6 +42,12 @@ demo *ARGS:
     cargo build --release
     scripts/demo.sh {{ARGS}}
 
+# The autoscaler under a sawtooth of job bursts for MINUTES (default 10):
+# worker starts and stops, reaction times, every job done.
+sawtooth MINUTES="10" PERIOD="120":
+    cargo build --release
+    scripts/sawtooth.sh {{MINUTES}} {{PERIOD}}
+
 # Single pass vs distributed on the same clip, side by side; writes BENCHMARKS.md.
 bench *ARGS:
     cargo build --release --bin jetcode --example bench

@@ -241,10 +241,7 @@ async fn auth_options_reach_the_server() {
 #[tokio::test]
 async fn comma_separated_seed_list_connects_past_a_dead_seed() {
     let server = NatsServer::start();
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let dead = free_port();
     let url = format!("nats://127.0.0.1:{dead}, {}", server.url());
     let nc = jetcode::ConnectOptions::new(url)
         .connect()

@@ -24,11 +24,7 @@ async fn burst_scales_up_then_drains_back_to_min() {
     let f = Fixture::new().await;
     let log = std::fs::File::create(f.root().join("scaler.log")).unwrap();
     let root = f.root().to_str().unwrap().to_string();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let metrics_port = free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let mut scaler = Command::new(jetcode_bin())
         .args([
@@ -143,11 +139,7 @@ async fn burst_scales_up_then_drains_back_to_min() {
 #[tokio::test(flavor = "multi_thread")]
 async fn local_runs_server_topology_and_fleet_and_stops_them() {
     let root = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("nats://127.0.0.1:{port}");
     let log = std::fs::File::create(root.path().join("local.log")).unwrap();
     let mut local = Command::new(jetcode_bin())
@@ -240,4 +232,90 @@ async fn scaler_starts_without_heartbeats_and_its_workers_die_with_it() {
     wait_until(Duration::from_secs(30), "the workers gone with it", || {
         processes_mentioning(&root).is_empty()
     });
+}
+
+/// `--min 0`: no worker runs while nothing waits. A submitted job is
+/// counted as lag before any worker planned it (the planner consumer's
+/// pending), so the first worker starts within an interval or so, plans
+/// and runs the job; once idle for the window the fleet is zero again.
+#[tokio::test(flavor = "multi_thread")]
+async fn min_zero_scales_from_nothing_for_a_job_and_back_to_zero() {
+    let f = Fixture::new().await;
+    let root = f.root().to_str().unwrap().to_string();
+    let log = std::fs::File::create(f.root().join("scaler.log")).unwrap();
+    let metrics_port = free_port();
+    let mut scaler = Command::new(jetcode_bin())
+        .args([
+            "scaler",
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--min",
+            "0",
+            "--max",
+            "2",
+            "--interval",
+            "1",
+            "--scale-down-window",
+            "3",
+            "--stop-bound",
+            "20",
+            "--",
+        ])
+        .args(["--slots", "1", "--drain-timeout", "5", "--file-root", &root])
+        .env("NATS_URL", f.server.url())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // The scaler decides (an empty queue: zero workers) before anything
+    // arrives.
+    let src = f.clip("in.mp4", 4.0, 320, 180);
+    wait_until(
+        Duration::from_secs(20),
+        "the scaler's first decision",
+        || {
+            http_get_body(metrics_port, "/metrics")
+                .is_some_and(|m| m.contains("jetcode_scaler_workers_desired 0"))
+        },
+    );
+    assert_eq!(live_workers(&f).await, 0, "no worker for an empty queue");
+
+    let spec = f.spec(
+        "from-zero",
+        &src,
+        serde_json::json!([{"name": "r180", "height": 180, "crf": 28, "preset": "ultrafast"}]),
+        2.0,
+    );
+    let submitted = Instant::now();
+    f.client.submit(&spec).await.unwrap();
+    wait_for(Duration::from_secs(20), "a worker for the job", || async {
+        live_workers(&f).await >= 1
+    })
+    .await;
+    let started_in = submitted.elapsed();
+    let rec = f
+        .client
+        .wait("from-zero", Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, JobState::Done, "{:?}", rec.error);
+    wait_for(
+        Duration::from_secs(60),
+        "the fleet back to zero",
+        || async { f.client.workers().await.is_ok_and(|w| w.is_empty()) },
+    )
+    .await;
+    assert_eq!(
+        processes_mentioning(&root),
+        vec![scaler.id()],
+        "no worker process left, only the scaler"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(scaler.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut scaler, Duration::from_secs(30), "scaler exit");
+    assert!(status.success(), "{status}");
+    eprintln!(
+        "scaler from zero: job submitted -> first worker live in {:.1} s",
+        started_in.as_secs_f64()
+    );
 }

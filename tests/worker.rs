@@ -666,11 +666,7 @@ async fn wait_worker_live(f: &Fixture, id: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_worker_exits_in_bound_after_sigterm_with_nats_gone() {
     let mut f = Fixture::new().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut w = f.worker("orphan", &["--drain-timeout", "2", "--health-addr", &addr]);
     wait_worker_live(&f, "orphan").await;

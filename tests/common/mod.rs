@@ -28,7 +28,8 @@ pub fn server_bin() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on now (the OS picked it).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
