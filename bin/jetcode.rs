@@ -359,11 +359,9 @@ impl LocalServer {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| {
-                format!("cannot start {} (run bin/dev to install it)", bin.display())
-            })?;
+        let child = cmd.spawn().with_context(|| {
+            format!("cannot start {} (run bin/dev to install it)", bin.display())
+        })?;
         let server = LocalServer(Some(child));
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while std::net::TcpStream::connect((host.as_str(), port)).is_err() {

@@ -13,11 +13,12 @@ use crate::task::{Task, TaskBody, AUDIO_TASK_ID, STITCH_TASK_ID, TASK_VERSION};
 
 /// The segment and audio tasks of a planned job, audio first (it is one
 /// long task: queued last it would be the tail of the critical path), then
-/// segments in time order with renditions interleaved, so the first minutes
-/// of every rendition are ready first.
+/// one task per segment in time order, each encoding every rendition from
+/// one decode (a ladder decoded per rendition would decode the source once
+/// per rung). Each rendition's part keeps its own checkpoint.
 pub fn work_tasks(id: &str, spec: &JobSpec, plan: &Plan) -> Result<Vec<Task>> {
     let renditions = renditions(spec, plan)?;
-    let mut tasks = Vec::with_capacity(plan.segments.len() * renditions.len() + 1);
+    let mut tasks = Vec::with_capacity(plan.segments.len() + 1);
     let task = |tid: String, body: TaskBody| Task {
         v: TASK_VERSION,
         job: id.to_string(),
@@ -35,22 +36,30 @@ pub fn work_tasks(id: &str, spec: &JobSpec, plan: &Plan) -> Result<Vec<Task>> {
         ));
     }
     for s in &plan.segments {
-        for r in &renditions {
-            tasks.push(task(
-                Task::segment_id(&r.name, s.index),
-                TaskBody::Segment {
-                    rendition: r.clone(),
-                    segment: *s,
-                    fps_num: plan.fps_num,
-                    fps_den: plan.fps_den,
-                    pts_offset_ns: plan.pts_offset_ns,
-                    min_frame_ns: plan.min_frame_ns,
-                    orientation: plan.orientation.clone(),
-                },
-            ));
-        }
+        tasks.push(task(
+            Task::ladder_id(s.index),
+            TaskBody::Segment {
+                renditions: renditions.clone(),
+                rendition: None,
+                segment: *s,
+                fps_num: plan.fps_num,
+                fps_den: plan.fps_den,
+                pts_offset_ns: plan.pts_offset_ns,
+                min_frame_ns: plan.min_frame_ns,
+                orientation: plan.orientation.clone(),
+            },
+        ));
     }
     Ok(tasks)
+}
+
+/// Checkpointed parts (`done`, by id) do not make a task finished unless
+/// all of its parts are there.
+pub fn unfinished(tasks: Vec<Task>, done: &std::collections::HashSet<String>) -> Vec<Task> {
+    tasks
+        .into_iter()
+        .filter(|t| t.parts().iter().any(|p| !done.contains(&p.id)))
+        .collect()
 }
 
 /// The stitch task of a planned job.

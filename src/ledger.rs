@@ -119,9 +119,19 @@ impl Ledger {
         Ok(out)
     }
 
-    /// True when the task's checkpoint exists.
+    /// True when the checkpoint of `task` (a part's id) exists.
     pub async fn is_done(&self, job: &str, task: &str) -> Result<bool> {
         Ok(self.checkpoint_bytes(job, task).await?.is_some())
+    }
+
+    /// True when every part of `task` is checkpointed.
+    pub async fn task_done(&self, task: &crate::task::Task) -> Result<bool> {
+        for part in task.parts() {
+            if !self.is_done(&task.job, &part.id).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     async fn checkpoint_bytes(&self, job: &str, task: &str) -> Result<Option<bytes::Bytes>> {

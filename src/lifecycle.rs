@@ -193,10 +193,7 @@ pub async fn queue_unfinished(
     let (spec, plan) = dispatch::planned(rec)?;
     let done: std::collections::HashSet<String> =
         ledger.done_tasks(&rec.id).await?.into_iter().collect();
-    let mut todo: Vec<_> = dispatch::work_tasks(&rec.id, spec, plan)?
-        .into_iter()
-        .filter(|t| !done.contains(&t.id))
-        .collect();
+    let mut todo = dispatch::unfinished(dispatch::work_tasks(&rec.id, spec, plan)?, &done);
     if todo.is_empty() {
         todo.push(dispatch::stitch_task(&rec.id, spec, plan)?);
     }

@@ -110,6 +110,9 @@ pub enum EventKind {
         #[serde(default)]
         attempt: u64,
     },
+    /// One checkpointed part: `task` is the part's id (`seg-<rendition>-<i>`,
+    /// `audio`, `stitch`), so a segment task of a ladder reports one per
+    /// rendition; `Planned.tasks` counts these.
     TaskDone {
         task: String,
         worker: String,
@@ -175,6 +178,10 @@ pub struct TaskDone {
     /// no longer matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Frames the task's child decoded for all its parts together (a
+    /// segment's renditions share one decode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<u64>,
 }
 
 /// A worker's heartbeat in `jetcode-workers`.

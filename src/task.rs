@@ -17,7 +17,10 @@ use crate::subjects::TaskKind;
 /// A newer worker may add fields (ignored here) or bump this for a change
 /// an older worker must not guess at: it hands such tasks back for a newer
 /// worker instead of failing the job (rolling upgrades).
-pub const TASK_VERSION: u32 = 2;
+/// 3: a segment task encodes every rendition of its segment from one
+/// decode (`renditions`); each rendition's part keeps its own checkpoint.
+/// A version 2 worker would encode only `rendition` (absent) and fail.
+pub const TASK_VERSION: u32 = 3;
 
 /// A task as published to JETCODE_TASKS. Unlike the user-facing JobSpec,
 /// unknown fields are tolerated: they come from newer workers.
@@ -41,7 +44,12 @@ pub struct Task {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum TaskBody {
     Segment {
-        rendition: Rendition,
+        /// Every rendition of the segment, encoded from one decode.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        renditions: Vec<Rendition>,
+        /// The one rendition of a version 2 task.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rendition: Option<Rendition>,
         segment: Segment,
         fps_num: u32,
         fps_den: u32,
@@ -101,9 +109,65 @@ impl Task {
         }
     }
 
+    /// Checkpoint id of one rendition's part of a segment.
     pub fn segment_id(rendition: &str, index: u32) -> String {
         format!("seg-{rendition}-{index:05}")
     }
+
+    /// Task id of a segment's task (all its renditions).
+    pub fn ladder_id(index: u32) -> String {
+        format!("seg-{index:05}")
+    }
+
+    /// What the task produces, each with its own checkpoint: one part per
+    /// rendition of a segment task; the task itself for audio and stitch.
+    pub fn parts(&self) -> Vec<Part> {
+        match &self.body {
+            TaskBody::Segment { segment, .. } => self
+                .renditions()
+                .into_iter()
+                .map(|r| Part {
+                    id: Task::segment_id(&r.name, segment.index),
+                    key: Some(crate::subjects::part_key(&r.name, segment.index)),
+                    rendition: Some(r.clone()),
+                })
+                .collect(),
+            TaskBody::Audio { .. } => vec![Part {
+                id: self.id.clone(),
+                key: Some(crate::subjects::AUDIO_PART_KEY.to_string()),
+                rendition: None,
+            }],
+            TaskBody::Stitch { .. } => vec![Part {
+                id: self.id.clone(),
+                key: None,
+                rendition: None,
+            }],
+        }
+    }
+
+    /// A segment task's renditions (either version); empty for others.
+    pub fn renditions(&self) -> Vec<&Rendition> {
+        match &self.body {
+            TaskBody::Segment {
+                renditions,
+                rendition,
+                ..
+            } => renditions.iter().chain(rendition).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// One checkpointed output of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    /// Checkpoint id (`seg-<rendition>-<index>`, `audio`, `stitch`).
+    pub id: String,
+    /// Where the part lies under the job's output; None for the stitch
+    /// (its outputs are the job's).
+    pub key: Option<String>,
+    /// The rendition a segment part is encoded as.
+    pub rendition: Option<Rendition>,
 }
 
 /// Task id of the audio task.
@@ -112,14 +176,13 @@ pub const AUDIO_TASK_ID: &str = "audio";
 pub const STITCH_TASK_ID: &str = "stitch";
 
 /// Work order for `jetcode media segment`: decode `[segment.start_ns,
-/// segment.end_ns)` of `input`, encode as `rendition`, write an MPEG-TS part
-/// that keeps the source timeline to `output`.
+/// segment.end_ns)` of `input` once, encode it as every output's rendition,
+/// and write each as an MPEG-TS part that keeps the source timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentWork {
     pub input: PathBuf,
-    pub output: PathBuf,
-    pub rendition: Rendition,
+    pub outputs: Vec<SegmentOutput>,
     pub segment: Segment,
     pub fps_num: u32,
     pub fps_den: u32,
@@ -132,9 +195,18 @@ pub struct SegmentWork {
     /// [`crate::plan::Plan::orientation`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orientation: Option<String>,
-    /// Threads for decoder, converter, scaler and encoder (0: each picks).
+    /// Threads for decoder, converter and scalers; the encoders share
+    /// them (0: each element picks).
     #[serde(default)]
     pub threads: u32,
+}
+
+/// One rendition of a segment and where its part goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentOutput {
+    pub rendition: Rendition,
+    pub output: PathBuf,
 }
 
 impl SegmentWork {
@@ -149,8 +221,7 @@ impl SegmentWork {
     ) -> Self {
         SegmentWork {
             input,
-            output,
-            rendition,
+            outputs: vec![SegmentOutput { rendition, output }],
             segment,
             fps_num: plan.fps_num,
             fps_den: plan.fps_den,
@@ -159,6 +230,13 @@ impl SegmentWork {
             orientation: plan.orientation.clone(),
             threads: 0,
         }
+    }
+
+    /// The same segment also encoded as `rendition` into `output`, from
+    /// the same decode.
+    pub fn with_output(mut self, rendition: Rendition, output: PathBuf) -> Self {
+        self.outputs.push(SegmentOutput { rendition, output });
+        self
     }
 }
 

@@ -143,9 +143,11 @@ async fn killed_worker_task_is_redelivered_and_job_completes() {
         done.values().all(|&n| n == 1),
         "duplicate completion: {done:?}"
     );
+    // Its part (a task's events name the task; a part's, the part).
+    let victim_part = victim_task.replacen("seg-", "seg-r360-", 1);
     let rescued = evs.iter().any(|e| {
         matches!(&e.kind,
-        EventKind::TaskDone { task, worker, .. } if *task == victim_task && worker == "rescuer")
+        EventKind::TaskDone { task, worker, .. } if *task == victim_part && worker == "rescuer")
     });
     assert!(rescued, "{victim_task} was redelivered to the rescuer");
     let parts = std::fs::read_dir(f.out("kill9").join("parts/r360"))
@@ -1508,4 +1510,94 @@ async fn workers_keep_encoding_after_their_binary_is_replaced() {
         .unwrap();
     assert_eq!(rec.state, JobState::Done);
     assert_outputs(&f.out("after-upgrade"), &src, &["r180"]);
+}
+
+/// A ladder decodes each segment once: one task per segment encodes every
+/// rendition, and the decoder count its child reports (kept in each part's
+/// checkpoint) is the segment's own frames, where a task per rendition
+/// would decode the segment once per rung. Frames stay exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn ladder_job_decodes_each_segment_once() {
+    let f = Fixture::new().await;
+    // Keyframes every 2 s (testclip) and 2 s segments: every segment starts
+    // on a keyframe, so its decode needs no earlier frame.
+    let src = f.clip("ladder.mp4", 10.0, 640, 360);
+    let rungs = ["r360", "r240", "r144"];
+    let spec = f.spec(
+        "ladder",
+        &src,
+        serde_json::json!([
+            small("r360", 360, "ultrafast"),
+            small("r240", 240, "ultrafast"),
+            small("r144", 144, "ultrafast")
+        ]),
+        2.0,
+    );
+    f.client.submit(&spec).await.unwrap();
+    let _w = f.worker("w1", &[]);
+    let rec = f
+        .client
+        .wait("ladder", Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, JobState::Done, "{:?}", rec.error);
+    let plan = rec.plan.clone().unwrap();
+    assert_eq!(
+        rec.tasks_total as usize,
+        plan.segments.len() * rungs.len() + 1
+    );
+
+    let evs = f.events("ladder").await;
+    let started: HashSet<String> = evs
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TaskStarted { task, .. } if task.starts_with("seg-") => Some(task.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        started.len(),
+        plan.segments.len(),
+        "one task per segment: {started:?}"
+    );
+    let parts_done = task_done_counts(&evs);
+
+    let js = async_nats::jetstream::new(f.client.nats().clone());
+    let kv = js
+        .get_key_value(jetcode::subjects::PROGRESS_BUCKET)
+        .await
+        .unwrap();
+    let mut decoded_total = 0;
+    for s in &plan.segments {
+        let mut decoded = HashSet::new();
+        for r in rungs {
+            let part = jetcode::task::Task::segment_id(r, s.index);
+            assert_eq!(parts_done.get(&part), Some(&1), "{part} done once");
+            let bytes = kv
+                .get(jetcode::subjects::progress_key("ladder", &part))
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("checkpoint of {part}"));
+            let done: jetcode::record::TaskDone = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(done.frames, s.frames(), "{part}");
+            decoded.insert(done.decoded.expect("the child's decoder count"));
+        }
+        assert_eq!(
+            decoded.len(),
+            1,
+            "segment {}: one decode for all parts",
+            s.index
+        );
+        let d = decoded.into_iter().next().unwrap();
+        assert!(
+            d >= s.frames() && d < s.frames() + 3,
+            "segment {} decoded {d} frames for {} of its own",
+            s.index,
+            s.frames()
+        );
+        decoded_total += d;
+    }
+    let frames = ffprobe_frames(&src);
+    assert!(decoded_total < frames + 3 * plan.segments.len() as u64);
+    assert_outputs(&f.out("ladder"), &src, &rungs);
 }

@@ -86,7 +86,7 @@ fn dispatch(kind: &str, task_json: &str) -> Result<(u64, serde_json::Value), Med
                 stats.frames,
                 serde_json::json!({
                     "segment": work.segment.index,
-                    "rendition": work.rendition.name,
+                    "renditions": work.outputs.iter().map(|o| &o.rendition.name).collect::<Vec<_>>(),
                     "decoded": stats.decoded,
                 }),
             ))

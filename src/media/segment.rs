@@ -1,10 +1,12 @@
-//! Encode one segment: decode exactly the frames of `[start_ns, end_ns)`,
-//! scale, encode, and write an MPEG-TS part on the SOURCE timeline, so the
-//! parts of a rendition concatenate into one continuous stream.
+//! Encode one segment: decode exactly the frames of `[start_ns, end_ns)`
+//! once, scale and encode them for every rendition of the ladder, and write
+//! one MPEG-TS part per rendition on the SOURCE timeline, so the parts of a
+//! rendition concatenate into one continuous stream.
 //!
 //! Pipeline: `CachedSrc (block cache, pull mode) ! parsebin` -> (video pad, blocked until we seek)
-//! `decodebin` -> guard probe -> `videoconvert ! videoscale ! capsfilter !
-//! queue ! encoder ! parser ! mpegtsmux ! filesink`.
+//! `decodebin` -> guard probe -> `videoconvert ! deinterlace ! videoflip !
+//! tee`, then per rendition `queue ! videoscale ! capsfilter ! encoder !
+//! parser ! mpegtsmux ! filesink`.
 //!
 //! Frame selection: an ACCURATE flushing seek sent from the parsed video pad
 //! starts decoding near `start_ns` (the demuxer begins at the keyframe
@@ -15,7 +17,6 @@
 //! source stream time and mpegtsmux writes the source timeline (plus its
 //! constant base) whatever the seek did.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -43,8 +44,10 @@ const VBV_MS: u32 = 2000;
 /// What a segment encode did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SegmentStats {
-    /// Frames written to the part.
+    /// Frames written to each part (every rendition gets the same frames).
     pub frames: u64,
+    /// Parts written, one per rendition.
+    pub parts: u64,
     /// Frames the decoder produced, the segment's own included: above
     /// `frames` by what decoding from the previous keyframe cost.
     pub decoded: u64,
@@ -53,8 +56,9 @@ pub struct SegmentStats {
     pub parsed_in_range: u64,
 }
 
-/// Encode `work`; returns frames written (`work.segment.frames()`, less
-/// at most [`undecodable_allowance`] frames the decoder could not decode).
+/// Encode `work`; returns frames written to each part
+/// (`work.segment.frames()`, less at most [`undecodable_allowance`] frames
+/// the decoder could not decode).
 pub fn encode_segment(
     work: &SegmentWork,
     progress: &mut dyn FnMut(u64, f64),
@@ -78,10 +82,33 @@ pub fn encode_segment_stats(
     if work.fps_num == 0 || work.fps_den == 0 {
         return Err(MediaError::permanent("segment work without frame rate"));
     }
-    let (encoder, parser) = make_encoder(&work.rendition, seg.frames(), work.threads)?;
-    util::ensure_parent(&work.output)?;
-    let tmp = util::tmp_path(&work.output);
-    let res = run(work, encoder, parser, &tmp, progress);
+    if work.outputs.is_empty() {
+        return Err(MediaError::permanent("segment work without outputs"));
+    }
+    // The encoders share the child's threads; decoding and converting
+    // happen once, upstream of them.
+    let encoder_threads = match work.threads {
+        0 => 0,
+        t => (t / work.outputs.len() as u32).max(1),
+    };
+    let mut branches = Vec::with_capacity(work.outputs.len());
+    for o in &work.outputs {
+        let (encoder, parser) = make_encoder(&o.rendition, seg.frames(), encoder_threads)?;
+        util::ensure_parent(&o.output)?;
+        branches.push(Branch {
+            rendition: o.rendition.clone(),
+            encoder,
+            parser,
+            tmp: util::tmp_path(&o.output),
+        });
+    }
+    let tmps: Vec<_> = branches.iter().map(|b| b.tmp.clone()).collect();
+    let remove_tmps = || {
+        for t in &tmps {
+            let _ = std::fs::remove_file(t);
+        }
+    };
+    let res = run(work, branches, progress);
     match res {
         // Short only with evidence: the demuxer delivered every frame of
         // the range and the decoder gave fewer (corrupt data). A frame
@@ -103,7 +130,12 @@ pub fn encode_segment_stats(
                     seg.frames() - n
                 );
             }
-            util::commit_once(&tmp, &work.output)?;
+            for (tmp, o) in tmps.iter().zip(&work.outputs) {
+                if let Err(e) = util::commit_once(tmp, &o.output) {
+                    remove_tmps();
+                    return Err(e);
+                }
+            }
             Ok(stats)
         }
         Ok(SegmentStats {
@@ -111,7 +143,7 @@ pub fn encode_segment_stats(
             parsed_in_range,
             ..
         }) => {
-            let _ = std::fs::remove_file(&tmp);
+            remove_tmps();
             Err(MediaError::permanent(format!(
                 "segment {} wrote {n} frames, expected {} (frames {}..{}; the source delivered {parsed_in_range} in range)",
                 seg.index,
@@ -121,10 +153,18 @@ pub fn encode_segment_stats(
             )))
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            remove_tmps();
             Err(e)
         }
     }
+}
+
+/// One rendition's scale-and-encode branch after the tee.
+struct Branch {
+    rendition: Rendition,
+    encoder: gst::Element,
+    parser: gst::Element,
+    tmp: std::path::PathBuf,
 }
 
 /// Source frames of a segment the decoder may fail to decode (corrupt
@@ -267,9 +307,7 @@ struct Guard {
 
 fn run(
     work: &SegmentWork,
-    encoder: gst::Element,
-    parser: gst::Element,
-    out: &Path,
+    branches: Vec<Branch>,
     progress: &mut dyn FnMut(u64, f64),
 ) -> Result<SegmentStats, MediaError> {
     let seg = work.segment;
@@ -318,39 +356,58 @@ fn run(
         )
         .build()
         .map_err(|_| MediaError::transient("GStreamer element videoflip is not installed"))?;
-    let scale = util::make("videoscale")?;
-    if work.threads > 0 {
-        scale.set_property("n-threads", work.threads);
-    }
-    let capsfilter = util::make("capsfilter")?;
-    let queue = util::make("queue")?;
-    let mux = util::make("mpegtsmux")?;
-    let sink = util::done_file_sink(&pipeline, out)?;
-    util::add_chain(
-        &pipeline,
-        &[
-            &convert,
-            &deinterlace,
-            &flip,
-            &scale,
-            &capsfilter,
-            &queue,
-            &encoder,
-            &parser,
-            &mux,
-            &sink,
-        ],
-    )?;
+    let tee = util::make("tee")?;
+    util::add_chain(&pipeline, &[&convert, &deinterlace, &flip, &tee])?;
 
-    // Encoded frames, counted after the parser (one buffer per access unit).
-    let written = Arc::new(AtomicU64::new(0));
-    if let Some(pad) = parser.static_pad("src") {
-        let w = written.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            w.fetch_add(1, Ordering::Relaxed);
-            gst::PadProbeReturn::Ok
-        });
+    // One branch per rendition, each behind its own queue so the encoders
+    // run in parallel on the shared decode.
+    let mut capsfilters = Vec::with_capacity(branches.len());
+    let mut written = Vec::with_capacity(branches.len());
+    let mut renditions = Vec::with_capacity(branches.len());
+    for b in branches {
+        let queue = util::make("queue")?;
+        let scale = util::make("videoscale")?;
+        if work.threads > 0 {
+            scale.set_property("n-threads", work.threads);
+        }
+        let capsfilter = util::make("capsfilter")?;
+        let mux = util::make("mpegtsmux")?;
+        let sink = util::done_file_sink(&pipeline, &b.tmp)?;
+        util::add_chain(
+            &pipeline,
+            &[
+                &queue,
+                &scale,
+                &capsfilter,
+                &b.encoder,
+                &b.parser,
+                &mux,
+                &sink,
+            ],
+        )?;
+        tee.link(&queue)
+            .map_err(|e| MediaError::transient(format!("cannot link tee: {e}")))?;
+        // Encoded frames, counted after the parser (one buffer per access unit).
+        let count = Arc::new(AtomicU64::new(0));
+        if let Some(pad) = b.parser.static_pad("src") {
+            let w = count.clone();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                w.fetch_add(1, Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            });
+        }
+        capsfilters.push(capsfilter);
+        written.push(count);
+        renditions.push(b.rendition);
     }
+    // Frames every part has (the slowest branch's count).
+    let written_by_all = || {
+        written
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    };
 
     let decoder_threads = work.threads;
     let decoded = Arc::new(AtomicU64::new(0));
@@ -476,7 +533,6 @@ fn run(
     let timeout = Duration::from_secs(300) + Duration::from_secs(total);
     let what = format!("segment {}", seg.index);
     let streams = util::FirstStreamWatch::new(&parsebin);
-    let rendition = work.rendition.clone();
     util::drive(&pipeline, timeout, &what, || {
         streams.check(&what)?;
         if let Ok(b) = rx.try_recv() {
@@ -487,22 +543,24 @@ fn run(
                     .get::<gst::Fraction>("pixel-aspect-ratio")
                     .map(|f| (f.numer(), f.denom()))
                     .unwrap_or((1, 1));
-                let (ow, oh) = output_size(&rendition, w, h, par);
-                capsfilter.set_property(
-                    "caps",
-                    gst::Caps::builder("video/x-raw")
-                        .field("format", "I420")
-                        .field("width", ow as i32)
-                        .field("height", oh as i32)
-                        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-                        .build(),
-                );
+                for (capsfilter, rendition) in capsfilters.iter().zip(&renditions) {
+                    let (ow, oh) = output_size(rendition, w, h, par);
+                    capsfilter.set_property(
+                        "caps",
+                        gst::Caps::builder("video/x-raw")
+                            .field("format", "I420")
+                            .field("width", ow as i32)
+                            .field("height", oh as i32)
+                            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                            .build(),
+                    );
+                }
             }
             let exact = seg.starts_on_keyframe && seeks_by_index(&parsebin);
             seek_to_start(&b, &seg, exact, pts_offset_ns, frame_ns, half)?;
             b.pad.remove_probe(b.probe);
         }
-        let done = written.load(Ordering::Relaxed);
+        let done = written_by_all();
         if done >= last_reported + 25 {
             last_reported = done;
             let secs = started.elapsed().as_secs_f64();
@@ -510,11 +568,25 @@ fn run(
         }
         Ok(())
     })?;
-    let done = written.load(Ordering::Relaxed);
+    let done = written_by_all();
+    let most = written
+        .iter()
+        .map(|w| w.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(0);
+    if most != done {
+        // The same frames entered every branch: an encoder that wrote
+        // fewer lost some.
+        return Err(MediaError::permanent(format!(
+            "segment {}: renditions wrote {done} to {most} frames from one decode",
+            seg.index
+        )));
+    }
     let secs = started.elapsed().as_secs_f64();
     progress(done, if secs > 0.0 { done as f64 / secs } else { 0.0 });
     Ok(SegmentStats {
         frames: done,
+        parts: written.len() as u64,
         decoded: decoded.load(Ordering::Relaxed),
         parsed_in_range: parsed.load(Ordering::Relaxed),
     })

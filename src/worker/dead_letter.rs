@@ -112,7 +112,7 @@ async fn handle(w: &Worker, a: &Advisory) -> Result<()> {
             // finished past its deadline: then the job is not failed, it
             // needs its completion step.
             let record = w.ledger.record(&task.job).await?;
-            let checkpointed = w.ledger.is_done(&task.job, &task.id).await?;
+            let checkpointed = w.ledger.task_done(&task).await?;
             match record {
                 Some((rec, _)) if checkpointed && !rec.state.is_terminal() => {
                     tracing::info!(job = %task.job, task = %task.id, "dead task was checkpointed: completing instead of failing");

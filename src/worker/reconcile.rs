@@ -218,10 +218,8 @@ async fn diagnose(w: &Worker, rec: &JobRecord) -> Result<Option<Repair>> {
     if done.contains(crate::task::STITCH_TASK_ID) {
         return Ok(Some(Repair::Finish));
     }
-    let unfinished = dispatch::work_tasks(&rec.id, spec, plan)?
-        .iter()
-        .filter(|t| !done.contains(&t.id))
-        .count() as u64;
+    let unfinished =
+        dispatch::unfinished(dispatch::work_tasks(&rec.id, spec, plan)?, &done).len() as u64;
     if unfinished == 0 {
         return Ok((queued_stitch == 0).then_some(Repair::QueueStitch));
     }

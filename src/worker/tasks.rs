@@ -20,7 +20,8 @@ use crate::metrics as m;
 use crate::record::{now, EventKind, JobRecord, JobState, TaskDone};
 use crate::subjects::{self, TaskKind};
 use crate::task::{
-    AudioWork, SegmentWork, StitchWork, Task, TaskBody, TaskDecodeError, STITCH_TASK_ID,
+    AudioWork, SegmentOutput, SegmentWork, StitchWork, Task, TaskBody, TaskDecodeError,
+    STITCH_TASK_ID,
 };
 
 /// What to do with the message after the task ran.
@@ -121,12 +122,7 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
                 .await;
             "retried"
         }
-        Verdict::Retry(reason)
-            if matches!(
-                w.ledger.is_done(&task.job, &task.id).await,
-                Ok(true) | Err(_)
-            ) =>
-        {
+        Verdict::Retry(reason) if matches!(w.ledger.task_done(&task).await, Ok(true) | Err(_)) => {
             // Checkpointed (only its completion step failed), or we cannot
             // tell: never fail finished work. Its next delivery runs the
             // completion step again (so does the reconciler).
@@ -369,7 +365,7 @@ async fn run_task(
         }
         return Ok(Verdict::Ack);
     }
-    if w.ledger.is_done(&task.job, &task.id).await? {
+    if w.ledger.task_done(&task).await? {
         // Already checkpointed (a redelivery after a crash before the ack,
         // or a late duplicate): nothing to redo, but the completion step
         // after it may never have run (for a part it runs after the ack).
@@ -408,63 +404,95 @@ async fn run_task(
             Err(e) => return Ok(Verdict::NotForMe(e.to_string())),
         },
     };
-    // The child writes its output atomically (temp file, fsync, link) to
-    // the deterministic key; the first complete copy stays there.
-    let (kind, work, seconds, part): (&str, String, f64, Option<std::path::PathBuf>) =
-        match &task.body {
-            TaskBody::Segment {
-                rendition,
-                segment,
-                fps_num,
-                fps_den,
-                pts_offset_ns,
-                min_frame_ns,
-                orientation,
-            } => {
-                let output = out_dir.join(subjects::part_key(&rendition.name, segment.index));
-                let work = SegmentWork {
-                    input: input.clone().unwrap_or_default(),
+    // The child writes each output atomically (temp file, fsync, link) to
+    // its deterministic key; the first complete copy stays there. `parts`:
+    // what to checkpoint afterwards, with the file each checkpoint covers.
+    let (kind, work, seconds, parts): (
+        &str,
+        String,
+        f64,
+        Vec<(String, Option<std::path::PathBuf>)>,
+    ) = match &task.body {
+        TaskBody::Segment {
+            segment,
+            fps_num,
+            fps_den,
+            pts_offset_ns,
+            min_frame_ns,
+            orientation,
+            ..
+        } => {
+            // A redelivery after some renditions were checkpointed
+            // encodes only the rest (still from one decode).
+            let mut outputs = Vec::new();
+            let mut parts = Vec::new();
+            for part in task.parts() {
+                let (Some(rendition), Some(key)) = (part.rendition, part.key) else {
+                    continue;
+                };
+                if w.ledger.is_done(&task.job, &part.id).await? {
+                    continue;
+                }
+                let output = out_dir.join(key);
+                outputs.push(SegmentOutput {
+                    rendition,
                     output: output.clone(),
-                    rendition: rendition.clone(),
-                    segment: *segment,
-                    fps_num: *fps_num,
-                    fps_den: *fps_den,
-                    pts_offset_ns: *pts_offset_ns,
-                    min_frame_ns: *min_frame_ns,
-                    orientation: orientation.clone(),
-                    threads: w.args.child_threads(),
-                };
-                let secs = segment.duration_ns() as f64 / 1e9;
-                ("segment", json(&work), secs, Some(output))
+                });
+                parts.push((part.id, Some(output)));
             }
-            TaskBody::Audio { stream } => {
-                let output = out_dir.join(subjects::AUDIO_PART_KEY);
-                let work = AudioWork {
-                    input: input.clone().unwrap_or_default(),
-                    output: output.clone(),
-                    stream: stream.clone(),
-                };
-                let secs = rec
-                    .plan
-                    .as_ref()
-                    .map_or(60.0, |p| p.audio_duration_ns as f64 / 1e9);
-                ("audio", json(&work), secs, Some(output))
+            if outputs.is_empty() {
+                return Ok(Verdict::Fail(format!(
+                    "segment task {} names no rendition",
+                    task.id
+                )));
             }
-            TaskBody::Stitch {
-                plan,
-                renditions,
-                formats,
-            } => {
-                let work = StitchWork {
-                    output_dir: out_dir.clone(),
-                    plan: plan.clone(),
-                    renditions: renditions.clone(),
-                    formats: formats.clone(),
-                };
-                let secs = plan.segments.last().map_or(0.0, |s| s.end_ns as f64 / 1e9);
-                ("stitch", json(&work), secs, None)
-            }
-        };
+            let work = SegmentWork {
+                input: input.clone().unwrap_or_default(),
+                outputs,
+                segment: *segment,
+                fps_num: *fps_num,
+                fps_den: *fps_den,
+                pts_offset_ns: *pts_offset_ns,
+                min_frame_ns: *min_frame_ns,
+                orientation: orientation.clone(),
+                threads: w.args.child_threads(),
+            };
+            let secs = segment.duration_ns() as f64 * parts.len() as f64 / 1e9;
+            ("segment", json(&work), secs, parts)
+        }
+        TaskBody::Audio { stream } => {
+            let output = out_dir.join(subjects::AUDIO_PART_KEY);
+            let work = AudioWork {
+                input: input.clone().unwrap_or_default(),
+                output: output.clone(),
+                stream: stream.clone(),
+            };
+            let secs = rec
+                .plan
+                .as_ref()
+                .map_or(60.0, |p| p.audio_duration_ns as f64 / 1e9);
+            (
+                "audio",
+                json(&work),
+                secs,
+                vec![(task.id.clone(), Some(output))],
+            )
+        }
+        TaskBody::Stitch {
+            plan,
+            renditions,
+            formats,
+        } => {
+            let work = StitchWork {
+                output_dir: out_dir.clone(),
+                plan: plan.clone(),
+                renditions: renditions.clone(),
+                formats: formats.clone(),
+            };
+            let secs = plan.segments.last().map_or(0.0, |s| s.end_ns as f64 / 1e9);
+            ("stitch", json(&work), secs, vec![(task.id.clone(), None)])
+        }
+    };
     let limits = Limits {
         stall: w.args.stall(),
         total: Duration::from_secs_f64((seconds * w.args.task_timeout_factor).max(300.0)),
@@ -514,10 +542,16 @@ async fn run_task(
     })
     .await;
     recheck.abort();
-    let (frames, secs) = match outcome {
+    let (frames, secs, decoded) = match outcome {
         Outcome::Done {
-            frames, seconds, ..
-        } => (frames, seconds),
+            frames,
+            seconds,
+            summary,
+        } => (
+            frames,
+            seconds,
+            summary.get("decoded").and_then(|d| d.as_u64()),
+        ),
         Outcome::Failed { reason, permanent } => {
             return Ok(if permanent {
                 Verdict::Fail(reason)
@@ -535,42 +569,46 @@ async fn run_task(
         }
     };
     metrics::histogram!(m::TASK_SECONDS, m::LABEL_KIND => kind).record(secs);
-    let (bytes, sha256) = match &part {
-        Some(p) => {
-            let (size, digest) = digest_blocking(p).await?;
-            (Some(size), Some(digest))
+    // Each part: its digest, then its checkpoint (`create`: once).
+    for (part, path) in &parts {
+        let (bytes, sha256) = match path {
+            Some(p) => {
+                let (size, digest) = digest_blocking(p).await?;
+                (Some(size), Some(digest))
+            }
+            None => (None, None),
+        };
+        let done = TaskDone {
+            worker: w.id.clone(),
+            seconds: secs,
+            frames,
+            at: now(),
+            bytes,
+            sha256,
+            decoded,
+        };
+        let first = w.ledger.checkpoint(&task.job, part, &done).await?;
+        if !first {
+            tracing::info!(job = %task.job, task = %part, "already checkpointed by another worker");
         }
-        None => (None, None),
-    };
-    let done = TaskDone {
-        worker: w.id.clone(),
-        seconds: secs,
-        frames,
-        at: now(),
-        bytes,
-        sha256,
-    };
-    let first = w.ledger.checkpoint(&task.job, &task.id, &done).await?;
-    if !first {
-        tracing::info!(job = %task.job, task = %task.id, "already checkpointed by another worker");
-    }
-    w.tasks_done.fetch_add(1, Ordering::Relaxed);
-    w.ledger
-        .event_best_effort(
-            &task.job,
-            EventKind::TaskDone {
-                task: task.id.clone(),
-                worker: w.id.clone(),
-                seconds: secs,
-                fps: if secs > 0.0 {
-                    frames as f64 / secs
-                } else {
-                    0.0
+        w.tasks_done.fetch_add(1, Ordering::Relaxed);
+        w.ledger
+            .event_best_effort(
+                &task.job,
+                EventKind::TaskDone {
+                    task: part.clone(),
+                    worker: w.id.clone(),
+                    seconds: secs,
+                    fps: if secs > 0.0 {
+                        frames as f64 / secs
+                    } else {
+                        0.0
+                    },
+                    frames,
                 },
-                frames,
-            },
-        )
-        .await;
+            )
+            .await;
+    }
     if task.kind() == TaskKind::Stitch {
         finish_job(w, task).await?;
     }
@@ -604,16 +642,15 @@ async fn verify_parts(
     out_dir: &std::path::Path,
 ) -> Result<std::result::Result<(), String>> {
     let (spec, plan) = dispatch::planned(rec)?;
-    for t in dispatch::work_tasks(&rec.id, spec, plan)? {
-        let path = match &t.body {
-            TaskBody::Segment {
-                rendition, segment, ..
-            } => out_dir.join(subjects::part_key(&rendition.name, segment.index)),
-            TaskBody::Audio { .. } => out_dir.join(subjects::AUDIO_PART_KEY),
-            TaskBody::Stitch { .. } => continue,
-        };
-        let Some(done) = w.ledger.checkpoint_of(&rec.id, &t.id).await? else {
-            return Ok(Err(format!("task {} has no checkpoint", t.id)));
+    let parts = dispatch::work_tasks(&rec.id, spec, plan)?
+        .iter()
+        .flat_map(Task::parts)
+        .collect::<Vec<_>>();
+    for part in parts {
+        let Some(key) = &part.key else { continue };
+        let path = out_dir.join(key);
+        let Some(done) = w.ledger.checkpoint_of(&rec.id, &part.id).await? else {
+            return Ok(Err(format!("part {} has no checkpoint", part.id)));
         };
         let Some(want) = done.sha256 else {
             continue; // checkpointed by an older worker
