@@ -30,11 +30,14 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct NatsArgs {
-    /// NATS server URL(s), comma separated.
+    /// NATS server URL(s), comma separated; may carry credentials
+    /// (nats://user:password@host:4222), which --user/--password, --token,
+    /// --creds and --nkey override.
     #[arg(
         long,
         global = true,
         env = "NATS_URL",
+        hide_env_values = true,
         default_value = "nats://127.0.0.1:4222"
     )]
     nats_url: String,
@@ -333,7 +336,7 @@ impl LocalServer {
         if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1") {
             bail!(
                 "no NATS server answers at {} and it is not this machine's to start",
-                nats.nats_url
+                jetcode::connect::redact_urls(&nats.nats_url)
             );
         }
         let port = url.port().unwrap_or(4222);
@@ -395,9 +398,15 @@ impl Drop for LocalServer {
     }
 }
 
+/// Default log filter. async-nats logs its own ERROR line for a refused
+/// connection (`async_nats::connector`), before the error we print; our
+/// connect error and connection-event log lines (src/connect.rs) say it
+/// once, with the secrets redacted.
+const DEFAULT_LOG: &str = "info,async_nats=warn,async_nats::connector=off";
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JETCODE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

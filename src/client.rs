@@ -130,7 +130,17 @@ impl Client {
             .await
             .map_err(|e| Error::js("submit", e))?
             .await
-            .map_err(|e| Error::js("submit", e))?;
+            .map_err(|e| match e.kind() {
+                // A publish the server refuses gets no answer at all.
+                jetstream::context::PublishErrorKind::TimedOut => Error::js(
+                    "submit",
+                    format!(
+                        "{e} (is this NATS user allowed to publish to {}?)",
+                        subjects::JOBS_SUBMIT
+                    ),
+                ),
+                _ => Error::js("submit", e),
+            })?;
         Ok(JobId(id))
     }
 

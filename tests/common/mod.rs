@@ -45,15 +45,31 @@ impl NatsServer {
     /// A server without JetStream (to test refusal).
     pub fn start_plain() -> Self {
         let store = tempfile::tempdir().expect("tempdir");
-        Self::launch(store, None, false, &[])
+        Self::launch(store, None, false, &[], &[])
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
         let store = tempfile::tempdir().expect("tempdir");
-        Self::launch(store, None, true, extra)
+        Self::launch(store, None, true, extra, &[])
     }
 
-    fn launch(store: tempfile::TempDir, port: Option<u16>, js: bool, extra: &[&str]) -> Self {
+    /// A server from a config file, with `env` (the variables the file
+    /// reads, e.g. passwords). Address and port come from the command line,
+    /// which overrides the file; JetStream and its store from the file.
+    /// Restarts forget the file.
+    pub fn start_config(config: &Path, env: &[(&str, &str)]) -> Self {
+        let store = tempfile::tempdir().expect("tempdir");
+        let config = config.to_str().expect("utf-8 config path");
+        Self::launch(store, None, false, &["-c", config], env)
+    }
+
+    fn launch(
+        store: tempfile::TempDir,
+        port: Option<u16>,
+        js: bool,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = port.unwrap_or_else(free_port);
         let mut cmd = Command::new(server_bin());
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
@@ -62,15 +78,28 @@ impl NatsServer {
         }
         let child = cmd
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(store.path().join("stderr.log"))
+                    .map_or(Stdio::null(), Stdio::from),
+            )
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_bin().display()));
-        let server = NatsServer { child, port, store };
+        let stderr = store.path().join("stderr.log");
+        let mut server = NatsServer { child, port, store };
         wait_until(
             Duration::from_secs(10),
             "nats-server accepts connections",
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || {
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    panic!(
+                        "nats-server {extra:?} exited ({status}) before it accepted connections: {}",
+                        std::fs::read_to_string(&stderr).unwrap_or_default()
+                    );
+                }
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            },
         );
         server
     }
@@ -90,7 +119,7 @@ impl NatsServer {
         let port = self.port;
         let store = std::mem::replace(&mut self.store, tempfile::tempdir().expect("tempdir"));
         std::mem::forget(self);
-        Self::launch(store, Some(port), true, &[])
+        Self::launch(store, Some(port), true, &[], &[])
     }
 
     /// Stop and start again on the same port and store (a server restart).
@@ -100,7 +129,7 @@ impl NatsServer {
         let port = self.port;
         let store = std::mem::replace(&mut self.store, tempfile::tempdir().expect("tempdir"));
         std::mem::forget(self);
-        Self::launch(store, Some(port), true, &[])
+        Self::launch(store, Some(port), true, &[], &[])
     }
 }
 
