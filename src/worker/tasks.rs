@@ -365,7 +365,7 @@ async fn run_task(
         }
         return Ok(Verdict::Ack);
     }
-    if w.ledger.task_done(&task).await? {
+    if w.ledger.task_done(task).await? {
         // Already checkpointed (a redelivery after a crash before the ack,
         // or a late duplicate): nothing to redo, but the completion step
         // after it may never have run (for a part it runs after the ack).
@@ -407,12 +407,7 @@ async fn run_task(
     // The child writes each output atomically (temp file, fsync, link) to
     // its deterministic key; the first complete copy stays there. `parts`:
     // what to checkpoint afterwards, with the file each checkpoint covers.
-    let (kind, work, seconds, parts): (
-        &str,
-        String,
-        f64,
-        Vec<(String, Option<std::path::PathBuf>)>,
-    ) = match &task.body {
+    let (kind, work, seconds, parts): (&str, String, f64, PartFiles) = match &task.body {
         TaskBody::Segment {
             segment,
             fps_num,
@@ -614,6 +609,9 @@ async fn run_task(
     }
     Ok(Verdict::Ack)
 }
+
+/// A task's parts to checkpoint, by id, with the file each one covers.
+type PartFiles = Vec<(String, Option<std::path::PathBuf>)>;
 
 /// Cancel `stop` once the job's record is terminal.
 async fn stop_when_job_ends(
