@@ -295,12 +295,12 @@ async fn main() -> Res<()> {
     let dist_cpu = children_cpu() - cpu_before_workers;
 
     // Same muxing on both sides (MPEG-TS), so bytes compare bitrates.
-    let single_bytes = std::fs::metadata(&seg.outputs[0].output)?.len() as f64;
+    let single_bytes = std::fs::metadata(&seg.outputs[0].parts[0])?.len() as f64;
     let mut dist_bytes = 0.0;
     for e in std::fs::read_dir(out_dir.join("parts/r"))? {
         dist_bytes += e?.metadata()?.len() as f64;
     }
-    let single_psnr = psnr(&seg.outputs[0].output, &src)?;
+    let single_psnr = psnr(&seg.outputs[0].parts[0], &src)?;
     let dist_psnr = psnr(&out_dir.join("r.mp4"), &src)?;
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

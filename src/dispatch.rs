@@ -13,9 +13,10 @@ use crate::task::{Task, TaskBody, AUDIO_TASK_ID, STITCH_TASK_ID, TASK_VERSION};
 
 /// The segment and audio tasks of a planned job, audio first (it is one
 /// long task: queued last it would be the tail of the critical path), then
-/// one task per segment in time order, each encoding every rendition from
-/// one decode (a ladder decoded per rendition would decode the source once
-/// per rung). Each rendition's part keeps its own checkpoint.
+/// one task per chunk of [`Plan::chunk_segments`] segments in time order,
+/// each encoding every rendition from one decode (a ladder decoded per
+/// rendition would decode the source once per rung). Each rendition's part
+/// of each segment keeps its own checkpoint.
 pub fn work_tasks(id: &str, spec: &JobSpec, plan: &Plan) -> Result<Vec<Task>> {
     let renditions = renditions(spec, plan)?;
     let mut tasks = Vec::with_capacity(plan.segments.len() + 1);
@@ -35,13 +36,16 @@ pub fn work_tasks(id: &str, spec: &JobSpec, plan: &Plan) -> Result<Vec<Task>> {
             },
         ));
     }
-    for s in &plan.segments {
+    let per_chunk = plan.chunk_segments.max(1) as usize;
+    for chunk in plan.segments.chunks(per_chunk) {
+        let s = &chunk[0];
         tasks.push(task(
             Task::ladder_id(s.index),
             TaskBody::Segment {
                 renditions: renditions.clone(),
                 rendition: None,
                 segment: *s,
+                following: chunk[1..].to_vec(),
                 fps_num: plan.fps_num,
                 fps_den: plan.fps_den,
                 pts_offset_ns: plan.pts_offset_ns,

@@ -19,6 +19,8 @@ pub const MIN_SEGMENT_SECONDS: f64 = 2.0;
 pub const MAX_SEGMENT_SECONDS: f64 = 600.0;
 /// Default target segment duration.
 pub const DEFAULT_SEGMENT_SECONDS: f64 = 10.0;
+/// Longest encode chunk a job may ask for, seconds.
+pub const MAX_CHUNK_SECONDS: f64 = 1800.0;
 /// URL schemes a source or output may use.
 pub const ALLOWED_SCHEMES: &[&str] = &["file"];
 
@@ -50,6 +52,12 @@ pub struct JobSpec {
     /// Target segment duration in seconds (default 10, floor 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment_seconds: Option<f64>,
+    /// Encode chunk length in seconds, a whole number of segments (default:
+    /// the planner's pick, about 30 s for long sources). A chunk is encoded
+    /// in one run with an IDR forced at every segment start, so HLS
+    /// segments keep `segment_seconds` while the encoder sees long chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_seconds: Option<f64>,
     /// 0 (lowest) to 9 (highest). Informational for now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
@@ -269,6 +277,18 @@ impl JobSpec {
             if !(MIN_SEGMENT_SECONDS..=MAX_SEGMENT_SECONDS).contains(&s) {
                 p.push(format!(
                     "segment_seconds {s} outside {MIN_SEGMENT_SECONDS}..={MAX_SEGMENT_SECONDS}"
+                ));
+            }
+        }
+        if let Some(c) = self.chunk_seconds {
+            if !(MIN_SEGMENT_SECONDS..=MAX_CHUNK_SECONDS).contains(&c) {
+                p.push(format!(
+                    "chunk_seconds {c} outside {MIN_SEGMENT_SECONDS}..={MAX_CHUNK_SECONDS}"
+                ));
+            } else if c < self.segment_seconds() {
+                p.push(format!(
+                    "chunk_seconds {c} is shorter than segment_seconds {}: a chunk holds whole segments",
+                    self.segment_seconds()
                 ));
             }
         }

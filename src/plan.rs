@@ -102,6 +102,9 @@ pub struct PlanOptions {
     pub min_seconds: f64,
     /// Maximum relative deviation of a segment's size from the ideal (0.10 = ±10 %).
     pub balance: f64,
+    /// Encode chunk length asked for, seconds (None: the planner picks,
+    /// see [`chunk_segments`]).
+    pub chunk_seconds: Option<f64>,
 }
 
 impl Default for PlanOptions {
@@ -110,8 +113,36 @@ impl Default for PlanOptions {
             target_seconds: crate::job::DEFAULT_SEGMENT_SECONDS,
             min_seconds: crate::job::MIN_SEGMENT_SECONDS,
             balance: 0.10,
+            chunk_seconds: None,
         }
     }
+}
+
+/// Chunk length the planner aims at when the job names none, seconds: long
+/// enough that a chunk's fixed cost (child start, seek, the encoder's
+/// ramp-up) is noise, short enough to spread a feature film over a fleet.
+pub const CHUNK_TARGET_SECONDS: f64 = 30.0;
+/// Fewest chunks the planner leaves a job when it picks the length: a
+/// short job keeps one chunk per segment and its parallelism.
+pub const MIN_CHUNKS: usize = 8;
+
+/// Segments per encode chunk (one task encodes that many consecutive
+/// segments in one run, an IDR forced at each segment start): the job's
+/// `chunk_seconds` rounded to whole segments, or the planner's pick,
+/// chunks of about [`CHUNK_TARGET_SECONDS`] while at least [`MIN_CHUNKS`]
+/// remain. Never below 1 nor above the segment count. Pure.
+pub fn chunk_segments(segments: usize, segment_seconds: f64, chunk_seconds: Option<f64>) -> u32 {
+    if segments == 0 || segment_seconds.is_nan() || segment_seconds <= 0.0 {
+        return 1;
+    }
+    let k = match chunk_seconds {
+        Some(c) => (c / segment_seconds).round().max(1.0) as usize,
+        None => {
+            let by_length = (CHUNK_TARGET_SECONDS / segment_seconds).floor().max(1.0) as usize;
+            by_length.min((segments / MIN_CHUNKS).max(1))
+        }
+    };
+    k.clamp(1, segments) as u32
 }
 
 /// One segment: frames `[start_frame, end_frame)` and their exact stream times.
@@ -187,6 +218,10 @@ pub struct Plan {
     /// The source audio track encoded (see [`AudioFacts::stream`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio_stream: Option<String>,
+    /// Segments per encode task ([`chunk_segments`]); 0 in plans made
+    /// before chunking: one.
+    #[serde(default)]
+    pub chunk_segments: u32,
 }
 
 /// A rendition as it will be encoded.
@@ -361,7 +396,7 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
     }
     bounds.push(total);
 
-    let segments = bounds
+    let segments: Vec<Segment> = bounds
         .windows(2)
         .enumerate()
         .map(|(i, w)| Segment {
@@ -373,6 +408,11 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
             starts_on_keyframe: facts.keyframes.binary_search(&w[0]).is_ok(),
         })
         .collect();
+    let segments_len = segments.len();
+    let mean_seconds = match (segments.first(), segments.last()) {
+        (Some(a), Some(b)) => (b.end_ns - a.start_ns) as f64 / 1e9 / segments_len as f64,
+        _ => opts.target_seconds,
+    };
     Ok(Plan {
         fps_num: facts.fps_num,
         fps_den: facts.fps_den,
@@ -392,6 +432,7 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
         dropped: Vec::new(),
         audio_channels: facts.audio.as_ref().map_or(0, |a| a.channels),
         audio_stream: facts.audio.as_ref().and_then(|a| a.stream.clone()),
+        chunk_segments: chunk_segments(segments_len, mean_seconds, opts.chunk_seconds),
     })
 }
 
@@ -524,6 +565,33 @@ fn nearest_keyframe(keyframes: &[u64], frame: u64, slack: u64) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn chunk_sizes() {
+        use super::chunk_segments;
+        // (segments, segment seconds, chunk_seconds asked) -> segments per chunk
+        let table: &[(usize, f64, Option<f64>, u32)] = &[
+            (4, 10.0, None, 1),   // a short job keeps its parallelism
+            (10, 6.0, None, 1),   // 60 s: fewer than 2 x MIN_CHUNKS segments
+            (16, 6.0, None, 2),   // 96 s: 8 chunks of 12 s
+            (100, 6.0, None, 5),  // 10 min: 30 s chunks
+            (1200, 6.0, None, 5), // 2 h: still 30 s
+            (100, 2.0, None, 12), // 2 s segments: 24 s chunks (whole segments)
+            (100, 40.0, None, 1), // segments longer than the target
+            (10, 6.0, Some(60.0), 10),
+            (10, 6.0, Some(20.0), 3),   // rounded to whole segments
+            (10, 6.0, Some(600.0), 10), // never past the job
+            (10, 6.0, Some(1.0), 1),
+            (0, 6.0, None, 1),
+        ];
+        for &(n, secs, asked, want) in table {
+            assert_eq!(
+                chunk_segments(n, secs, asked),
+                want,
+                "{n} x {secs} s, asked {asked:?}"
+            );
+        }
+    }
+
     use super::*;
 
     fn facts(frames: u64, num: u32, den: u32, keyframes: Vec<u64>) -> SourceFacts {

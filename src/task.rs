@@ -51,6 +51,10 @@ pub enum TaskBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rendition: Option<Rendition>,
         segment: Segment,
+        /// The chunk's further segments, encoded in the same run (an IDR
+        /// forced at each boundary, one part per segment).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        following: Vec<Segment>,
         fps_num: u32,
         fps_den: u32,
         #[serde(default)]
@@ -123,13 +127,15 @@ impl Task {
     /// rendition of a segment task; the task itself for audio and stitch.
     pub fn parts(&self) -> Vec<Part> {
         match &self.body {
-            TaskBody::Segment { segment, .. } => self
+            TaskBody::Segment { .. } => self
                 .renditions()
                 .into_iter()
-                .map(|r| Part {
-                    id: Task::segment_id(&r.name, segment.index),
-                    key: Some(crate::subjects::part_key(&r.name, segment.index)),
-                    rendition: Some(r.clone()),
+                .flat_map(|r| {
+                    self.segments().into_iter().map(move |s| Part {
+                        id: Task::segment_id(&r.name, s.index),
+                        key: Some(crate::subjects::part_key(&r.name, s.index)),
+                        rendition: Some(r.clone()),
+                    })
                 })
                 .collect(),
             TaskBody::Audio { .. } => vec![Part {
@@ -142,6 +148,18 @@ impl Task {
                 key: None,
                 rendition: None,
             }],
+        }
+    }
+
+    /// A segment task's segments, in order; empty for others.
+    pub fn segments(&self) -> Vec<Segment> {
+        match &self.body {
+            TaskBody::Segment {
+                segment, following, ..
+            } => std::iter::once(*segment)
+                .chain(following.iter().copied())
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -175,15 +193,16 @@ pub const AUDIO_TASK_ID: &str = "audio";
 /// Task id of the stitch task.
 pub const STITCH_TASK_ID: &str = "stitch";
 
-/// Work order for `jetcode media segment`: decode `[segment.start_ns,
-/// segment.end_ns)` of `input` once, encode it as every output's rendition,
-/// and write each as an MPEG-TS part that keeps the source timeline.
+/// Work order for `jetcode media segment`: decode the frames of
+/// `segments` (consecutive: one chunk) from `input` once, encode them as
+/// every output's rendition with an IDR at each segment's start, and write
+/// one MPEG-TS part per segment and rendition on the source timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentWork {
     pub input: PathBuf,
     pub outputs: Vec<SegmentOutput>,
-    pub segment: Segment,
+    pub segments: Vec<Segment>,
     pub fps_num: u32,
     pub fps_den: u32,
     /// [`crate::plan::Plan::pts_offset_ns`] of the source.
@@ -201,12 +220,13 @@ pub struct SegmentWork {
     pub threads: u32,
 }
 
-/// One rendition of a segment and where its part goes.
+/// One rendition of a chunk and where its parts go.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentOutput {
     pub rendition: Rendition,
-    pub output: PathBuf,
+    /// One part per segment of the work, in order.
+    pub parts: Vec<PathBuf>,
 }
 
 impl SegmentWork {
@@ -219,10 +239,16 @@ impl SegmentWork {
         input: PathBuf,
         output: PathBuf,
     ) -> Self {
+        SegmentWork::of_chunk(plan, vec![segment], input).with_output(rendition, output)
+    }
+
+    /// The order for consecutive `segments` of `plan` (a chunk), without
+    /// outputs yet (see [`SegmentWork::with_parts`]).
+    pub fn of_chunk(plan: &Plan, segments: Vec<Segment>, input: PathBuf) -> Self {
         SegmentWork {
             input,
-            outputs: vec![SegmentOutput { rendition, output }],
-            segment,
+            outputs: Vec::new(),
+            segments,
             fps_num: plan.fps_num,
             fps_den: plan.fps_den,
             pts_offset_ns: plan.pts_offset_ns,
@@ -232,10 +258,15 @@ impl SegmentWork {
         }
     }
 
-    /// The same segment also encoded as `rendition` into `output`, from
-    /// the same decode.
-    pub fn with_output(mut self, rendition: Rendition, output: PathBuf) -> Self {
-        self.outputs.push(SegmentOutput { rendition, output });
+    /// The same (single) segment also encoded as `rendition` into
+    /// `output`, from the same decode.
+    pub fn with_output(self, rendition: Rendition, output: PathBuf) -> Self {
+        self.with_parts(rendition, vec![output])
+    }
+
+    /// The chunk also encoded as `rendition`, one part per segment.
+    pub fn with_parts(mut self, rendition: Rendition, parts: Vec<PathBuf>) -> Self {
+        self.outputs.push(SegmentOutput { rendition, parts });
         self
     }
 }

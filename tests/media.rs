@@ -806,7 +806,7 @@ fn segment_child_reads_only_its_range_through_the_block_cache() {
         gets <= blocks,
         "at most one GET per block of the file: {gets} > {blocks}"
     );
-    assert_eq!(ffprobe_frames(&work.outputs[0].output), s.frames());
+    assert_eq!(ffprobe_frames(&work.outputs[0].parts[0]), s.frames());
 }
 
 /// The containers sources come in: Matroska (also starting 23 ms late, as

@@ -1601,3 +1601,78 @@ async fn ladder_job_decodes_each_segment_once() {
     assert!(decoded_total < frames + 3 * plan.segments.len() as u64);
     assert_outputs(&f.out("ladder"), &src, &rungs);
 }
+
+/// Long chunks, short HLS segments: a job with `chunk_seconds` 12 and
+/// `segment_seconds` 4 runs one task per chunk, each encoding its three
+/// segments in one run; every part (HLS segment) is its segment's frames,
+/// starts with an IDR, and the playlist lists 4 s segments. Frames exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_encode_cuts_hls_segments_at_forced_idrs() {
+    let f = Fixture::new().await;
+    let src = f.clip("chunks.mp4", 24.0, 320, 240);
+    let mut spec = f.spec(
+        "chunks",
+        &src,
+        // veryfast has B-frames: the forced IDR's decode time precedes its
+        // presentation time, which the cut must not trip over.
+        serde_json::json!([
+            small("r240", 240, "veryfast"),
+            small("r120", 120, "veryfast")
+        ]),
+        4.0,
+    );
+    spec.chunk_seconds = Some(12.0);
+    f.client.submit(&spec).await.unwrap();
+    let _w = f.worker("w1", &[]);
+    let rec = f
+        .client
+        .wait("chunks", Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, JobState::Done, "{:?}", rec.error);
+    let plan = rec.plan.clone().unwrap();
+    assert_eq!(plan.segments.len(), 6);
+    assert_eq!(plan.chunk_segments, 3);
+    let evs = f.events("chunks").await;
+    let started: HashSet<String> = evs
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TaskStarted { task, .. } if task.starts_with("seg-") => Some(task.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 2, "one task per chunk: {started:?}");
+
+    let out = f.out("chunks");
+    for r in ["r240", "r120"] {
+        for s in &plan.segments {
+            let part = out.join(jetcode::subjects::part_key(r, s.index));
+            let flags: Vec<String> = ffprobe_entries(
+                &part,
+                &["-select_streams", "v:0", "-show_entries", "packet=flags"],
+            )
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+            assert_eq!(flags.len() as u64, s.frames(), "{}", part.display());
+            assert!(
+                flags[0].starts_with('K'),
+                "{} starts with {:?}",
+                part.display(),
+                flags[0]
+            );
+        }
+        let playlist = std::fs::read_to_string(out.join(format!("hls/{r}.m3u8"))).unwrap();
+        let durations: Vec<f64> = playlist
+            .lines()
+            .filter_map(|l| l.strip_prefix("#EXTINF:"))
+            .map(|d| d.trim_end_matches(',').parse().unwrap())
+            .collect();
+        assert_eq!(durations.len(), 6, "{playlist}");
+        assert!(
+            durations.iter().all(|d| (d - 4.0).abs() < 0.05),
+            "{durations:?}"
+        );
+    }
+    assert_outputs(&out, &src, &["r240", "r120"]);
+}

@@ -78,14 +78,14 @@ fn dispatch(kind: &str, task_json: &str) -> Result<(u64, serde_json::Value), Med
     match kind {
         "segment" => {
             let work: SegmentWork = parse(task_json)?;
-            let total = work.segment.frames();
+            let total = work.segments.iter().map(|s| s.frames()).sum();
             let stats = segment::encode_segment_stats(&work, &mut |done, fps| {
                 emit(&ChildLine::Progress { done, total, fps })
             })?;
             Ok((
                 stats.frames,
                 serde_json::json!({
-                    "segment": work.segment.index,
+                    "segments": work.segments.iter().map(|s| s.index).collect::<Vec<_>>(),
                     "renditions": work.outputs.iter().map(|o| &o.rendition.name).collect::<Vec<_>>(),
                     "decoded": stats.decoded,
                 }),

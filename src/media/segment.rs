@@ -28,7 +28,7 @@ use gstreamer::prelude::*;
 use super::util;
 use super::MediaError;
 use crate::job::{Codec, Rendition};
-use crate::plan::frame_time_ns;
+use crate::plan::{frame_time_ns, Segment};
 use crate::task::SegmentWork;
 
 /// CRF used when a rendition names neither crf nor bitrate.
@@ -72,18 +72,24 @@ pub fn encode_segment_stats(
     progress: &mut dyn FnMut(u64, f64),
 ) -> Result<SegmentStats, MediaError> {
     util::init()?;
-    let seg = work.segment;
-    if seg.end_ns <= seg.start_ns || seg.frames() == 0 {
-        return Err(MediaError::permanent(format!(
-            "segment {} is empty",
-            seg.index
-        )));
-    }
+    let seg = chunk_span(&work.segments)?;
     if work.fps_num == 0 || work.fps_den == 0 {
         return Err(MediaError::permanent("segment work without frame rate"));
     }
     if work.outputs.is_empty() {
         return Err(MediaError::permanent("segment work without outputs"));
+    }
+    if let Some(o) = work
+        .outputs
+        .iter()
+        .find(|o| o.parts.len() != work.segments.len())
+    {
+        return Err(MediaError::permanent(format!(
+            "rendition {} has {} parts for {} segments",
+            o.rendition.name,
+            o.parts.len(),
+            work.segments.len()
+        )));
     }
     // The encoders share the child's threads; decoding and converting
     // happen once, upstream of them.
@@ -91,66 +97,45 @@ pub fn encode_segment_stats(
         0 => 0,
         t => (t / work.outputs.len() as u32).max(1),
     };
+    let longest = work.segments.iter().map(|s| s.frames()).max().unwrap_or(1);
     let mut branches = Vec::with_capacity(work.outputs.len());
     for o in &work.outputs {
-        let (encoder, parser) = make_encoder(&o.rendition, seg.frames(), encoder_threads)?;
-        util::ensure_parent(&o.output)?;
+        let (encoder, parser) = make_encoder(&o.rendition, longest, encoder_threads)?;
+        for part in &o.parts {
+            util::ensure_parent(part)?;
+        }
         branches.push(Branch {
             rendition: o.rendition.clone(),
             encoder,
             parser,
-            tmp: util::tmp_path(&o.output),
+            tmps: o.parts.iter().map(|p| util::tmp_path(p)).collect(),
         });
     }
-    let tmps: Vec<_> = branches.iter().map(|b| b.tmp.clone()).collect();
+    let tmps: Vec<Vec<std::path::PathBuf>> = branches.iter().map(|b| b.tmps.clone()).collect();
     let remove_tmps = || {
-        for t in &tmps {
+        for t in tmps.iter().flatten() {
             let _ = std::fs::remove_file(t);
         }
-    };
-    let res = run(work, branches, progress);
-    match res {
-        // Short only with evidence: the demuxer delivered every frame of
-        // the range and the decoder gave fewer (corrupt data). A frame
-        // missing for any other reason (a boundary bug, a placeholder
-        // timestamp) fails the part instead of hiding in the allowance.
-        Ok(stats @ SegmentStats { frames: n, .. })
-            if n == seg.frames()
-                || (n < seg.frames()
-                    && seg.frames() - n <= undecodable_allowance(seg.frames())
-                    && stats.parsed_in_range >= seg.frames()) =>
-        {
-            if n < seg.frames() {
-                // A corrupt frame the decoder could not decode: the part
-                // keeps its neighbours' timing, the stitch counts what the
-                // parts hold, and the manifest reports the shortfall.
-                eprintln!(
-                    "segment {}: {} undecodable source frame(s) skipped",
-                    seg.index,
-                    seg.frames() - n
-                );
+        // Fragments past the expected ones (see Branch::fragment_path).
+        for t in tmps.iter().filter_map(|t| t.last()) {
+            for extra in 0..4 {
+                let _ = std::fs::remove_file(extra_fragment(t, extra));
             }
-            for (tmp, o) in tmps.iter().zip(&work.outputs) {
-                if let Err(e) = util::commit_once(tmp, &o.output) {
-                    remove_tmps();
-                    return Err(e);
+        }
+    };
+    let res =
+        run(work, seg, branches, progress).and_then(|stats| check_parts(work, seg, &tmps, stats));
+    match res {
+        Ok(stats) => {
+            for (tmps, o) in tmps.iter().zip(&work.outputs) {
+                for (tmp, part) in tmps.iter().zip(&o.parts) {
+                    if let Err(e) = util::commit_once(tmp, part) {
+                        remove_tmps();
+                        return Err(e);
+                    }
                 }
             }
             Ok(stats)
-        }
-        Ok(SegmentStats {
-            frames: n,
-            parsed_in_range,
-            ..
-        }) => {
-            remove_tmps();
-            Err(MediaError::permanent(format!(
-                "segment {} wrote {n} frames, expected {} (frames {}..{}; the source delivered {parsed_in_range} in range)",
-                seg.index,
-                seg.frames(),
-                seg.start_frame,
-                seg.end_frame
-            )))
         }
         Err(e) => {
             remove_tmps();
@@ -159,12 +144,116 @@ pub fn encode_segment_stats(
     }
 }
 
-/// One rendition's scale-and-encode branch after the tee.
+/// The range a chunk of consecutive segments covers, named by its first.
+fn chunk_span(segments: &[Segment]) -> Result<Segment, MediaError> {
+    let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
+        return Err(MediaError::permanent("segment work without segments"));
+    };
+    for s in segments {
+        if s.end_ns <= s.start_ns || s.frames() == 0 {
+            return Err(MediaError::permanent(format!(
+                "segment {} is empty",
+                s.index
+            )));
+        }
+    }
+    if let Some(w) = segments
+        .windows(2)
+        .find(|w| w[1].start_frame != w[0].end_frame || w[1].start_ns != w[0].end_ns)
+    {
+        return Err(MediaError::permanent(format!(
+            "segments {} and {} of one chunk are not consecutive",
+            w[0].index, w[1].index
+        )));
+    }
+    Ok(Segment {
+        end_frame: last.end_frame,
+        end_ns: last.end_ns,
+        ..*first
+    })
+}
+
+/// Every part holds its segment's frames and starts with an IDR; the
+/// whole chunk may be short only with evidence that the decoder, not a
+/// boundary, lost frames (the demuxer delivered every frame of the range).
+fn check_parts(
+    work: &SegmentWork,
+    seg: Segment,
+    tmps: &[Vec<std::path::PathBuf>],
+    stats: SegmentStats,
+) -> Result<SegmentStats, MediaError> {
+    let n = stats.frames;
+    let short_with_evidence = n < seg.frames()
+        && seg.frames() - n <= undecodable_allowance(seg.frames())
+        && stats.parsed_in_range >= seg.frames();
+    if n != seg.frames() && !short_with_evidence {
+        return Err(MediaError::permanent(format!(
+            "segment {} wrote {n} frames, expected {} (frames {}..{}; the source delivered {} in range)",
+            seg.index,
+            seg.frames(),
+            seg.start_frame,
+            seg.end_frame,
+            stats.parsed_in_range
+        )));
+    }
+    for parts in tmps {
+        let mut total = 0;
+        for (tmp, s) in parts.iter().zip(&work.segments) {
+            let scan = super::ts::scan_video(tmp, &mut |_| {}).map_err(|e| {
+                MediaError::transient(format!("cannot read part {}: {e}", tmp.display()))
+            })?;
+            let exact =
+                scan.frames == s.frames() || (short_with_evidence && scan.frames < s.frames());
+            if !exact || !scan.starts_with_keyframe {
+                return Err(MediaError::permanent(format!(
+                    "segment {}: its part holds {} frames (expected {}){}",
+                    s.index,
+                    scan.frames,
+                    s.frames(),
+                    if scan.starts_with_keyframe {
+                        ""
+                    } else {
+                        " and does not start with a keyframe"
+                    }
+                )));
+            }
+            total += scan.frames;
+        }
+        if total != n {
+            return Err(MediaError::permanent(format!(
+                "segment {}: parts hold {total} frames, the encoder wrote {n}",
+                seg.index
+            )));
+        }
+    }
+    if n < seg.frames() {
+        // A corrupt frame the decoder could not decode: the part keeps its
+        // neighbours' timing, the stitch counts what the parts hold, and
+        // the manifest reports the shortfall.
+        eprintln!(
+            "segment {}: {} undecodable source frame(s) skipped",
+            seg.index,
+            seg.frames() - n
+        );
+    }
+    Ok(stats)
+}
+
+/// Where a fragment past the expected ones goes (an encoder keyframe the
+/// splitter cut at by mistake): the part check then refuses the work.
+fn extra_fragment(last: &std::path::Path, i: u32) -> std::path::PathBuf {
+    let mut name = last.as_os_str().to_owned();
+    name.push(format!(".extra{i}"));
+    name.into()
+}
+
+/// One rendition's scale-and-encode branch after the tee, cut into one
+/// temporary part per segment.
 struct Branch {
     rendition: Rendition,
     encoder: gst::Element,
     parser: gst::Element,
-    tmp: std::path::PathBuf,
+    tmps: Vec<std::path::PathBuf>,
 }
 
 /// Source frames of a segment the decoder may fail to decode (corrupt
@@ -307,10 +396,10 @@ struct Guard {
 
 fn run(
     work: &SegmentWork,
+    seg: Segment,
     branches: Vec<Branch>,
     progress: &mut dyn FnMut(u64, f64),
 ) -> Result<SegmentStats, MediaError> {
-    let seg = work.segment;
     let frame_ns = frame_time_ns(1, work.fps_num, work.fps_den).max(1);
     // Boundaries are real frame times: any tolerance below half the
     // shortest frame spacing assigns every frame to exactly one segment.
@@ -359,9 +448,36 @@ fn run(
     let tee = util::make("tee")?;
     util::add_chain(&pipeline, &[&convert, &deinterlace, &flip, &tee])?;
 
+    // An IDR at the start of every segment after the chunk's first: the
+    // encoders get a force-key-unit event just before that frame, and
+    // each rendition's splitter starts a new part there.
+    let cuts: Vec<u64> = work.segments.iter().skip(1).map(|s| s.start_ns).collect();
+    if let Some(pad) = flip.static_pad("src") {
+        let next = Mutex::new(0usize);
+        let cuts = cuts.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            let Some(pts) = info.buffer().and_then(|b| b.pts()) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let mut next = next.lock().unwrap_or_else(|e| e.into_inner());
+            // Frames carry their exact source times (the guard retimed
+            // them), so the first frame at or past a cut starts its segment.
+            if cuts.get(*next).is_some_and(|&c| pts.nseconds() + half >= c) {
+                *next += 1;
+                let ev = gstreamer_video::DownstreamForceKeyUnitEvent::builder()
+                    .running_time(pts)
+                    .all_headers(true)
+                    .build();
+                pad.push_event(ev);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+
     // One branch per rendition, each behind its own queue so the encoders
     // run in parallel on the shared decode.
     let mut capsfilters = Vec::with_capacity(branches.len());
+    let mut splitters = Vec::with_capacity(branches.len());
     let mut written = Vec::with_capacity(branches.len());
     let mut renditions = Vec::with_capacity(branches.len());
     for b in branches {
@@ -371,20 +487,22 @@ fn run(
             scale.set_property("n-threads", work.threads);
         }
         let capsfilter = util::make("capsfilter")?;
-        let mux = util::make("mpegtsmux")?;
-        let sink = util::done_file_sink(&pipeline, &b.tmp)?;
+        let split = splitter(&b.tmps)?;
         util::add_chain(
             &pipeline,
-            &[
-                &queue,
-                &scale,
-                &capsfilter,
-                &b.encoder,
-                &b.parser,
-                &mux,
-                &sink,
-            ],
+            &[&queue, &scale, &capsfilter, &b.encoder, &b.parser],
         )?;
+        pipeline
+            .add(&split)
+            .map_err(|e| MediaError::transient(format!("cannot add splitmuxsink: {e}")))?;
+        let into_split = split
+            .request_pad_simple("video")
+            .ok_or_else(|| MediaError::transient("splitmuxsink has no video pad"))?;
+        b.parser
+            .static_pad("src")
+            .ok_or_else(|| MediaError::transient("parser without src pad"))?
+            .link(&into_split)
+            .map_err(|e| MediaError::transient(format!("cannot link splitmuxsink: {e}")))?;
         tee.link(&queue)
             .map_err(|e| MediaError::transient(format!("cannot link tee: {e}")))?;
         // Encoded frames, counted after the parser (one buffer per access unit).
@@ -397,9 +515,11 @@ fn run(
             });
         }
         capsfilters.push(capsfilter);
+        splitters.push(split);
         written.push(count);
         renditions.push(b.rendition);
     }
+    let parts_expected = renditions.len() * work.segments.len();
     // Frames every part has (the slowest branch's count).
     let written_by_all = || {
         written
@@ -533,7 +653,14 @@ fn run(
     let timeout = Duration::from_secs(300) + Duration::from_secs(total);
     let what = format!("segment {}", seg.index);
     let streams = util::FirstStreamWatch::new(&parsebin);
-    util::drive(&pipeline, timeout, &what, || {
+    let mut parts_closed = 0;
+    let finished = |msg: &gst::Message| {
+        let closed = matches!(msg.view(), gst::MessageView::Element(el)
+            if el.structure().is_some_and(|s| s.name() == "splitmuxsink-fragment-closed"));
+        parts_closed += usize::from(closed);
+        parts_closed >= parts_expected
+    };
+    util::drive_until(&pipeline, timeout, &what, finished, || {
         streams.check(&what)?;
         if let Ok(b) = rx.try_recv() {
             if let Some(s) = b.caps.as_ref().and_then(|c| c.structure(0)) {
@@ -553,6 +680,16 @@ fn run(
                             .field("height", oh as i32)
                             .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
                             .build(),
+                    );
+                }
+            }
+            // The cuts, now that the splitters are running (a state
+            // change clears them) and before the first frame flows.
+            for split in &splitters {
+                for &c in &cuts {
+                    split.emit_by_name::<()>(
+                        "split-at-running-time",
+                        &[&gst::ClockTime::from_nseconds(c.saturating_sub(half))],
                     );
                 }
             }
@@ -590,6 +727,33 @@ fn run(
         decoded: decoded.load(Ordering::Relaxed),
         parsed_in_range: parsed.load(Ordering::Relaxed),
     })
+}
+
+/// A `splitmuxsink` writing MPEG-TS parts to `tmps` in order, a new part
+/// at each keyframe past a requested split time.
+fn splitter(tmps: &[std::path::PathBuf]) -> Result<gst::Element, MediaError> {
+    let mux = util::make("mpegtsmux")?;
+    let sink = gst::ElementFactory::make("filesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .map_err(|_| MediaError::transient("GStreamer element filesink is not installed"))?;
+    let split = gst::ElementFactory::make("splitmuxsink")
+        .property("muxer", &mux)
+        .property("sink", &sink)
+        .property("async-finalize", false)
+        .build()
+        .map_err(|_| MediaError::transient("GStreamer element splitmuxsink is not installed"))?;
+    let tmps = tmps.to_vec();
+    split.connect("format-location", false, move |args| {
+        let id = args.get(1).and_then(|v| v.get::<u32>().ok()).unwrap_or(0);
+        let path = match tmps.get(id as usize) {
+            Some(p) => p.clone(),
+            None => extra_fragment(tmps.last()?, id - tmps.len() as u32),
+        };
+        Some(path.to_string_lossy().to_value())
+    });
+    Ok(split)
 }
 
 /// Seek the blocked parsed-video pad so decoding starts one frame before

@@ -121,9 +121,21 @@ pub(crate) fn drive(
     pipeline: &gst::Pipeline,
     timeout: Duration,
     what: &str,
+    tick: impl FnMut() -> Result<(), MediaError>,
+) -> Result<Ended, MediaError> {
+    drive_until(pipeline, timeout, what, |_| false, tick)
+}
+
+/// [`drive`], also ending ([`Ended::Done`]) once `finished` says so of a
+/// bus message it was shown.
+pub(crate) fn drive_until(
+    pipeline: &gst::Pipeline,
+    timeout: Duration,
+    what: &str,
+    mut finished: impl FnMut(&gst::Message) -> bool,
     mut tick: impl FnMut() -> Result<(), MediaError>,
 ) -> Result<Ended, MediaError> {
-    let res = drive_inner(pipeline, timeout, what, &mut tick);
+    let res = drive_inner(pipeline, timeout, what, &mut finished, &mut tick);
     let _ = pipeline.set_state(gst::State::Null);
     res
 }
@@ -132,6 +144,7 @@ fn drive_inner(
     pipeline: &gst::Pipeline,
     timeout: Duration,
     what: &str,
+    finished: &mut dyn FnMut(&gst::Message) -> bool,
     tick: &mut dyn FnMut() -> Result<(), MediaError>,
 ) -> Result<Ended, MediaError> {
     let bus = pipeline
@@ -174,6 +187,9 @@ fn drive_inner(
         let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(wait.as_nanos() as u64)) else {
             continue;
         };
+        if finished(&msg) {
+            return Ok(Ended::Done);
+        }
         match msg.view() {
             gst::MessageView::Eos(_) => return Ok(Ended::Eos),
             gst::MessageView::Error(err) => return Err(from_gst_error(err)),

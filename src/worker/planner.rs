@@ -114,6 +114,7 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
     };
     let opts = PlanOptions {
         target_seconds: spec.segment_seconds(),
+        chunk_seconds: spec.chunk_seconds,
         ..Default::default()
     };
     let mut p = match plan::plan(&facts, &opts) {

@@ -409,7 +409,6 @@ async fn run_task(
     // what to checkpoint afterwards, with the file each checkpoint covers.
     let (kind, work, seconds, parts): (&str, String, f64, PartFiles) = match &task.body {
         TaskBody::Segment {
-            segment,
             fps_num,
             fps_den,
             pts_offset_ns,
@@ -417,23 +416,28 @@ async fn run_task(
             orientation,
             ..
         } => {
-            // A redelivery after some renditions were checkpointed
-            // encodes only the rest (still from one decode).
-            let mut outputs = Vec::new();
+            // A redelivery encodes only the renditions with a part not yet
+            // checkpointed (still from one decode); a checkpointed part
+            // encoded again is kept as it was (first writer wins).
+            let segments = task.segments();
+            let mut outputs: Vec<SegmentOutput> = Vec::new();
             let mut parts = Vec::new();
-            for part in task.parts() {
-                let (Some(rendition), Some(key)) = (part.rendition, part.key) else {
-                    continue;
-                };
-                if w.ledger.is_done(&task.job, &part.id).await? {
-                    continue;
+            for r in task.renditions() {
+                let mut pending = false;
+                let mut files = Vec::new();
+                for s in &segments {
+                    let id = Task::segment_id(&r.name, s.index);
+                    pending |= !w.ledger.is_done(&task.job, &id).await?;
+                    let file = out_dir.join(subjects::part_key(&r.name, s.index));
+                    files.push((id, Some(file), Some(s.frames())));
                 }
-                let output = out_dir.join(key);
-                outputs.push(SegmentOutput {
-                    rendition,
-                    output: output.clone(),
-                });
-                parts.push((part.id, Some(output)));
+                if pending {
+                    outputs.push(SegmentOutput {
+                        rendition: r.clone(),
+                        parts: files.iter().filter_map(|(_, f, _)| f.clone()).collect(),
+                    });
+                    parts.extend(files);
+                }
             }
             if outputs.is_empty() {
                 return Ok(Verdict::Fail(format!(
@@ -441,10 +445,13 @@ async fn run_task(
                     task.id
                 )));
             }
+            let secs = segments.iter().map(|s| s.duration_ns()).sum::<u64>() as f64
+                * outputs.len() as f64
+                / 1e9;
             let work = SegmentWork {
                 input: input.clone().unwrap_or_default(),
                 outputs,
-                segment: *segment,
+                segments,
                 fps_num: *fps_num,
                 fps_den: *fps_den,
                 pts_offset_ns: *pts_offset_ns,
@@ -452,7 +459,6 @@ async fn run_task(
                 orientation: orientation.clone(),
                 threads: w.args.child_threads(),
             };
-            let secs = segment.duration_ns() as f64 * parts.len() as f64 / 1e9;
             ("segment", json(&work), secs, parts)
         }
         TaskBody::Audio { stream } => {
@@ -470,7 +476,7 @@ async fn run_task(
                 "audio",
                 json(&work),
                 secs,
-                vec![(task.id.clone(), Some(output))],
+                vec![(task.id.clone(), Some(output), None)],
             )
         }
         TaskBody::Stitch {
@@ -485,7 +491,12 @@ async fn run_task(
                 formats: formats.clone(),
             };
             let secs = plan.segments.last().map_or(0.0, |s| s.end_ns as f64 / 1e9);
-            ("stitch", json(&work), secs, vec![(task.id.clone(), None)])
+            (
+                "stitch",
+                json(&work),
+                secs,
+                vec![(task.id.clone(), None, None)],
+            )
         }
     };
     let limits = Limits {
@@ -565,7 +576,8 @@ async fn run_task(
     };
     metrics::histogram!(m::TASK_SECONDS, m::LABEL_KIND => kind).record(secs);
     // Each part: its digest, then its checkpoint (`create`: once).
-    for (part, path) in &parts {
+    for (part, path, part_frames) in &parts {
+        let frames = part_frames.unwrap_or(frames);
         let (bytes, sha256) = match path {
             Some(p) => {
                 let (size, digest) = digest_blocking(p).await?;
@@ -610,8 +622,9 @@ async fn run_task(
     Ok(Verdict::Ack)
 }
 
-/// A task's parts to checkpoint, by id, with the file each one covers.
-type PartFiles = Vec<(String, Option<std::path::PathBuf>)>;
+/// A task's parts to checkpoint, by id, with the file each one covers and
+/// its frames (None: what the child reported for the task).
+type PartFiles = Vec<(String, Option<std::path::PathBuf>, Option<u64>)>;
 
 /// Cancel `stop` once the job's record is terminal.
 async fn stop_when_job_ends(
