@@ -181,7 +181,7 @@ enum Verb {
     Media {
         /// segment | audio | stitch | probe
         kind: String,
-        /// The work order as JSON.
+        /// The work order as JSON, or `-` to read it from stdin.
         #[arg(long)]
         task: String,
     },
@@ -229,7 +229,18 @@ fn main() -> ExitCode {
                 std::thread::park();
             }
         }
-        return ExitCode::from(jetcode::media::child::run(kind, task) as u8);
+        // `--task -`: the order comes on stdin (how workers send it).
+        let order = if task == "-" {
+            let mut s = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+                eprintln!("cannot read the work order from stdin: {e}");
+                return ExitCode::from(jetcode::task::EXIT_TRANSIENT as u8);
+            }
+            s
+        } else {
+            task.clone()
+        };
+        return ExitCode::from(jetcode::media::child::run(kind, &order) as u8);
     }
     init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()

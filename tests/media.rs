@@ -736,6 +736,64 @@ fn h265_segment_keeps_timeline() {
     assert!(v.iter().any(|(_, c)| c == "hevc"), "{v:?}");
 }
 
+/// A chunk of three segments encoded to H.265 in one run (x265 with
+/// B-frames: IDRs whose decode time precedes their presentation) is cut
+/// into three parts, each exactly its segment's frames and starting with
+/// an IDR; and to H.264 alongside from the same decode.
+#[test]
+fn chunk_is_cut_into_parts_at_forced_idrs_for_h265_and_h264() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = clip(
+        dir.path(),
+        "src.mp4",
+        &ClipOptions {
+            seconds: 6.0,
+            audio: false,
+            ..Default::default()
+        },
+    );
+    let facts = probe::probe(&src).unwrap();
+    let p = plan(
+        &facts,
+        &PlanOptions {
+            target_seconds: 2.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(p.segments.len(), 3);
+    let mut hevc = rendition("hevc", 240, 28);
+    hevc.codec = jetcode::Codec::H265;
+    hevc.preset = "veryfast".into();
+    let mut avc = rendition("avc", 180, 26);
+    avc.preset = "veryfast".into();
+    let parts = |name: &str| -> Vec<PathBuf> {
+        (0..3)
+            .map(|i| dir.path().join(format!("{name}-{i}.ts")))
+            .collect()
+    };
+    let work = SegmentWork::of_chunk(&p, p.segments.clone(), src.clone())
+        .with_parts(hevc, parts("hevc"))
+        .with_parts(avc, parts("avc"));
+    let stats = segment::encode_segment_stats(&work, &mut |_, _| {}).unwrap();
+    assert_eq!(stats.frames, p.frames);
+    for name in ["hevc", "avc"] {
+        for (part, s) in parts(name).iter().zip(&p.segments) {
+            let flags: Vec<String> = ffprobe(part, "v:0", "packet=flags", false)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect();
+            assert_eq!(flags.len() as u64, s.frames(), "{}", part.display());
+            assert!(
+                flags[0].starts_with('K'),
+                "{}: {:?}",
+                part.display(),
+                flags[0]
+            );
+        }
+    }
+}
+
 /// A segment reads its source through the block cache, and only the part it
 /// needs: the moov at the end plus its own frames, each block once.
 #[test]

@@ -200,7 +200,16 @@ fn check_parts(
         let mut total = 0;
         for (tmp, s) in parts.iter().zip(&work.segments) {
             let scan = super::ts::scan_video(tmp, &mut |_| {}).map_err(|e| {
-                MediaError::transient(format!("cannot read part {}: {e}", tmp.display()))
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    // The splitter cut fewer parts than segments: the same
+                    // input would do the same again.
+                    MediaError::permanent(format!(
+                        "segment {}: no part was cut for it (no keyframe at its start)",
+                        s.index
+                    ))
+                } else {
+                    MediaError::transient(format!("cannot read part {}: {e}", tmp.display()))
+                }
             })?;
             let exact =
                 scan.frames == s.frames() || (short_with_evidence && scan.frames < s.frames());
@@ -462,8 +471,14 @@ fn run(
             let mut next = next.lock().unwrap_or_else(|e| e.into_inner());
             // Frames carry their exact source times (the guard retimed
             // them), so the first frame at or past a cut starts its segment.
-            if cuts.get(*next).is_some_and(|&c| pts.nseconds() + half >= c) {
+            // Every cut this frame reaches (a segment whose frames the
+            // decoder lost entirely has no frame of its own).
+            let mut reached = false;
+            while cuts.get(*next).is_some_and(|&c| pts.nseconds() + half >= c) {
                 *next += 1;
+                reached = true;
+            }
+            if reached {
                 let ev = gstreamer_video::DownstreamForceKeyUnitEvent::builder()
                     .running_time(pts)
                     .all_headers(true)
@@ -658,7 +673,10 @@ fn run(
     let total = seg.frames();
     let started = Instant::now();
     let mut last_reported = 0u64;
-    let timeout = Duration::from_secs(300) + Duration::from_secs(total);
+    // A second per frame and encoder: far above any real encode, a bound
+    // for a child whose pipeline hangs without failing (the worker's own
+    // stall and task timers usually act first).
+    let timeout = Duration::from_secs(300 + total * written.len() as u64);
     let what = format!("segment {}", seg.index);
     let streams = util::FirstStreamWatch::new(&parsebin);
     let mut parts_closed = 0;
@@ -705,7 +723,14 @@ fn run(
             seek_to_start(&b, &seg, exact, pts_offset_ns, frame_ns, half)?;
             b.pad.remove_probe(b.probe);
         }
-        let done = written_by_all();
+        // Progress follows the fastest branch: it shows the decode moving
+        // (the worker's stall timer) while a slower branch, with its share
+        // of the threads, still fills its lookahead.
+        let done = written
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
         if done >= last_reported + 25 {
             last_reported = done;
             let secs = started.elapsed().as_secs_f64();

@@ -178,7 +178,7 @@ fn drive_inner(
         tick()?;
         let now = Instant::now();
         if now >= deadline {
-            return Err(MediaError::permanent(format!(
+            return Err(MediaError::transient(format!(
                 "{what}: timed out after {} s",
                 timeout.as_secs()
             )));

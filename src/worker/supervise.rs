@@ -82,11 +82,9 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
     let mut cmd = Command::new(program);
     match stall_failpoint(spec.kind) {
         Some(()) => cmd.args(["media", "stall", "--task", "{}"]),
-        None => cmd
-            .arg("media")
-            .arg(spec.kind)
-            .arg("--task")
-            .arg(&spec.work),
+        // The order goes in on stdin: a long chunk's or a long plan's
+        // order outgrows the kernel's 128 KiB limit on one argument.
+        None => cmd.arg("media").arg(spec.kind).args(["--task", "-"]),
     };
     // SAFETY: prctl and setrlimit are bare syscall wrappers (no allocation,
     // no locks), safe between fork and exec. The child dies with its worker,
@@ -114,7 +112,7 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
         .map(|b| format!(" (memory limit {} MiB)", b >> 20))
         .unwrap_or_default();
     let mut child = match cmd
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -123,9 +121,19 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
         Ok(c) => c,
         Err(e) => return transient(format!("cannot start media child: {e}")),
     };
-    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+    let (Some(stdout), Some(mut stderr), Some(mut stdin)) =
+        (child.stdout.take(), child.stderr.take(), child.stdin.take())
+    else {
         return transient("media child has no pipes".into());
     };
+    // Written while the child reads it (a pipe holds 64 KiB); a child that
+    // dies first closes the pipe and its exit tells why.
+    let work = spec.work.clone().into_bytes();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = stdin.write_all(&work).await;
+        let _ = stdin.shutdown().await;
+    });
     // The last line of stderr is the failure reason.
     let stderr_tail = tokio::spawn(async move {
         let mut tail = StderrTail::default();

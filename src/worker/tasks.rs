@@ -419,6 +419,12 @@ async fn run_task(
             // A redelivery encodes only the renditions with a part not yet
             // checkpointed (still from one decode); a checkpointed part
             // encoded again is kept as it was (first writer wins).
+            if task.renditions().is_empty() {
+                return Ok(Verdict::Fail(format!(
+                    "segment task {} names no rendition",
+                    task.id
+                )));
+            }
             let segments = task.segments();
             let mut outputs: Vec<SegmentOutput> = Vec::new();
             let mut parts = Vec::new();
@@ -440,10 +446,9 @@ async fn run_task(
                 }
             }
             if outputs.is_empty() {
-                return Ok(Verdict::Fail(format!(
-                    "segment task {} names no rendition",
-                    task.id
-                )));
+                // Another copy checkpointed the last parts since we looked:
+                // done (the completion step runs after the ack).
+                return Ok(Verdict::Ack);
             }
             let secs = segments.iter().map(|s| s.duration_ns()).sum::<u64>() as f64
                 * outputs.len() as f64
@@ -596,7 +601,10 @@ async fn run_task(
         };
         let first = w.ledger.checkpoint(&task.job, part, &done).await?;
         if !first {
-            tracing::info!(job = %task.job, task = %part, "already checkpointed by another worker");
+            // Another copy, or this task's earlier attempt, got there
+            // first: its event was sent then.
+            tracing::info!(job = %task.job, task = %part, "already checkpointed");
+            continue;
         }
         w.tasks_done.fetch_add(1, Ordering::Relaxed);
         w.ledger
