@@ -5,7 +5,14 @@
 //!
 //! ```sh
 //! cargo run --release --example bench -- --seconds 60 --workers 2 --out BENCHMARKS.md
+//! cargo run --release --example bench -- --no-media   # simulator + coordination only
 //! ```
+//!
+//! After the media table it writes the balancing simulator's table
+//! (`common/sim.rs`) and the coordination cost of the queue path with
+//! media work excluded (`common/coord.rs`, on the same nats-server).
+//! `--no-media` runs only those two and replaces them in `--out`, keeping
+//! the media table that is there.
 //!
 //! CPU is user+system time of every process we started (children and their
 //! children, collected with getrusage(RUSAGE_CHILDREN) once they exited).
@@ -21,7 +28,15 @@ use jetcode::subjects::AUDIO_PART_KEY;
 use jetcode::task::{AudioWork, SegmentWork};
 use jetcode::{Client, ConnectOptions, JobSpec, JobState};
 
+#[path = "common/coord.rs"]
+mod coord;
+#[path = "common/sim.rs"]
+mod sim;
+
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Where the generated sections start in BENCHMARKS.md.
+const SECTIONS_MARK: &str = "\n## Balancing (simulator)";
 
 struct Args {
     seconds: f64,
@@ -30,6 +45,8 @@ struct Args {
     workers: u32,
     segment_seconds: f64,
     out: PathBuf,
+    no_media: bool,
+    coord_tasks: usize,
 }
 
 fn args() -> Res<Args> {
@@ -40,9 +57,15 @@ fn args() -> Res<Args> {
         workers: 2,
         segment_seconds: 10.0,
         out: PathBuf::from("BENCHMARKS.md"),
+        no_media: false,
+        coord_tasks: 10_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
+        if k == "--no-media" {
+            a.no_media = true;
+            continue;
+        }
         let v = it.next().ok_or(format!("{k} needs a value"))?;
         match k.as_str() {
             "--seconds" => a.seconds = v.parse()?,
@@ -51,6 +74,7 @@ fn args() -> Res<Args> {
             "--workers" => a.workers = v.parse()?,
             "--segment-seconds" => a.segment_seconds = v.parse()?,
             "--out" => a.out = v.into(),
+            "--coord-tasks" => a.coord_tasks = v.parse()?,
             _ => return Err(format!("unknown option {k}").into()),
         }
     }
@@ -124,6 +148,63 @@ fn psnr(a: &Path, b: &Path) -> Res<f64> {
         .ok_or_else(|| format!("no PSNR in ffmpeg output for {}", a.display()).into())
 }
 
+/// A nats-server with JetStream on a free port, its file store in `store`.
+async fn start_nats(store: &Path) -> Res<(Child, String)> {
+    let port = free_port()?;
+    let child = Command::new(nats_server_bin())
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("nats-server: {e} (run `bin/dev bench`)"))?;
+    // Killed on the way out if it never answers.
+    let mut guard = Killed(vec![child]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("nats-server did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let child = guard.0.pop().ok_or("nats-server gone")?;
+    Ok((child, format!("nats://127.0.0.1:{port}")))
+}
+
+/// The simulator's table and the coordination cost (serial, 16 and 64
+/// slots) on the server at `url`.
+async fn sections(url: &str, server_pid: u32, tasks: usize) -> Res<String> {
+    let mut md = String::from("\n");
+    md.push_str(&sim::markdown(&[120.0, 600.0]));
+    let mut runs = Vec::new();
+    for slots in [1, 16, 64] {
+        let n = if slots == 1 { tasks.min(2000) } else { tasks };
+        eprintln!("[bench] coordination: {n} tasks, {slots} slots");
+        let f = coord::run_measured(url, n, slots, Some(server_pid))
+            .await
+            .map_err(|e| e.to_string())?;
+        runs.push(f);
+    }
+    md.push('\n');
+    md.push_str(&coord::markdown(&runs));
+    Ok(md)
+}
+
+/// `--no-media`: only the generated sections, replaced in `out`.
+async fn sections_only(a: &Args) -> Res<()> {
+    let store = tempfile::tempdir()?;
+    let (server, url) = start_nats(store.path()).await?;
+    let pid = server.id();
+    let _server = Killed(vec![server]);
+    let md = sections(&url, pid, a.coord_tasks).await?;
+    let old = std::fs::read_to_string(&a.out).unwrap_or_default();
+    let kept = old.find(SECTIONS_MARK).map_or(old.as_str(), |i| &old[..i]);
+    std::fs::write(&a.out, format!("{}\n{md}", kept.trim_end()))?;
+    println!("{md}");
+    eprintln!("[bench] wrote {}", a.out.display());
+    Ok(())
+}
+
 struct Killed(Vec<Child>);
 
 impl Drop for Killed {
@@ -138,6 +219,9 @@ impl Drop for Killed {
 #[tokio::main]
 async fn main() -> Res<()> {
     let a = args()?;
+    if a.no_media {
+        return sections_only(&a).await;
+    }
     let bin = jetcode_bin()?;
     let root = std::env::current_dir()?.join(".data/bench");
     let _ = std::fs::remove_dir_all(&root);
@@ -219,26 +303,11 @@ async fn main() -> Res<()> {
 
     // Distributed: local nats-server, N workers with one slot each.
     eprintln!("[bench] distributed over {} workers", a.workers);
-    let port = free_port()?;
     let store = root.join("nats");
     let mut procs = Killed(vec![]);
-    procs.0.push(
-        Command::new(nats_server_bin())
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(&store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("nats-server: {e} (run `bin/dev bench`)"))?,
-    );
-    let url = format!("nats://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("nats-server did not start".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (server, url) = start_nats(&store).await?;
+    let server_pid = server.id();
+    procs.0.push(server);
     run(
         Command::new(&bin).args(["streams", "apply", "--nats-url", &url]),
         "streams apply",
@@ -358,9 +427,11 @@ async fn main() -> Res<()> {
     for (name, s, d, r) in &rows {
         md.push_str(&format!("| {name} | {s:.3} | {d:.3} | {r:.3} |\n"));
     }
+    let coordination = sections(&url, server_pid, a.coord_tasks).await?;
     md.push_str(
         "\nOn a machine with fewer cores than workers × x264 threads the distributed run cannot be faster: it measures overhead (queue, probe, per-part IDR frames, stitch). Speed-up needs more cores or machines. Each part starts with an IDR frame, so CRF spends a little more on the distributed encode; compare PSNR together with bytes.\n",
     );
+    md.push_str(&coordination);
     std::fs::write(&a.out, &md)?;
     println!("{md}");
     eprintln!("[bench] wrote {}", a.out.display());
