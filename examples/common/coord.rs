@@ -10,13 +10,16 @@
 //! when nothing of the job is queued any more the job record and its
 //! checkpoint listing (stopping before the stitch publish, which is one
 //! more task publish). Jobs have [`TASKS_PER_JOB`] tasks and a running
-//! record, so the check takes its short path except after a job's last
-//! task, as in a real job.
+//! record, so the check takes its short path while other tasks of the job
+//! are queued or in flight, and goes on once nothing of it is left.
+//! Not measured: what the worker does around this path per task (reading
+//! the job record and the part's checkpoint before it starts, and two
+//! best-effort events).
 //!
 //! Serial (concurrency 1): one slot; each step publishes the next task of
 //! the job, then fetches, checkpoints, acks and checks the oldest one (so
-//! the queue holds the rest of the job, as it would). Its latency covers
-//! all five steps. Concurrent: a producer publishes every job's tasks in
+//! the job still has a task queued, as mid-job, and only its last task
+//! takes the full check). Its latency covers all five steps. Concurrent: a producer publishes every job's tasks in
 //! one pipelined call (as the planner does) while `concurrency` slots pull
 //! (16 slots per worker connection, as many connections as needed, each
 //! fetching as many messages as it has free slots); latency is a task's
