@@ -48,7 +48,9 @@ sawtooth MINUTES="10" PERIOD="120":
     cargo build --release
     scripts/sawtooth.sh {{MINUTES}} {{PERIOD}}
 
-# Single pass vs distributed on the same clip, side by side; writes BENCHMARKS.md.
+# Single pass vs distributed on the same clip, side by side, then the balancing
+# simulator and the queue path's coordination cost; writes BENCHMARKS.md.
+# `just bench --no-media` runs only the last two (cargo run --example coord: by itself).
 bench *ARGS:
     cargo build --release --bin jetcode --example bench
     target/release/examples/bench {{ARGS}}

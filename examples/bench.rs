@@ -11,6 +11,10 @@
 //! * Fixed cost of a task: one long source as 1 task, as 2 s tasks, and
 //!   as the planner chunks it.
 //!
+//! * The balancing simulator's table (`common/sim.rs`) and the coordination
+//!   cost of the queue path with media work excluded (`common/coord.rs`);
+//!   `--no-media` runs only these two and replaces them in `--out`.
+//!
 //! CPU of a job is user+system time of the nats-server, the workers and
 //! every media child they ran (read from /proc: a worker's children are
 //! reaped by it, so their time is in its cutime/cstime).
@@ -21,12 +25,22 @@ use std::time::{Duration, Instant};
 
 use jetcode::{Client, ConnectOptions, JobSpec, JobState};
 
+#[path = "common/coord.rs"]
+mod coord;
+#[path = "common/sim.rs"]
+mod sim;
+
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Where the generated sections start in BENCHMARKS.md.
+const SECTIONS_MARK: &str = "\n## Balancing (simulator)";
 
 struct Args {
     runs: usize,
     workers: u32,
     quick: bool,
+    no_media: bool,
+    coord_tasks: usize,
     out: PathBuf,
 }
 
@@ -35,12 +49,15 @@ fn args() -> Res<Args> {
         runs: 3,
         workers: 2,
         quick: false,
+        no_media: false,
+        coord_tasks: 10_000,
         out: PathBuf::from("BENCHMARKS.md"),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
-        if k == "--quick" {
-            a.quick = true;
+        if k == "--quick" || k == "--no-media" {
+            a.quick |= k == "--quick";
+            a.no_media |= k == "--no-media";
             continue;
         }
         let v = it.next().ok_or(format!("{k} needs a value"))?;
@@ -48,11 +65,13 @@ fn args() -> Res<Args> {
             "--runs" => a.runs = v.parse()?,
             "--workers" => a.workers = v.parse()?,
             "--out" => a.out = v.into(),
+            "--coord-tasks" => a.coord_tasks = v.parse()?,
             _ => return Err(format!("unknown option {k}").into()),
         }
     }
     if a.quick {
         a.runs = 1;
+        a.coord_tasks = 2000;
     }
     Ok(a)
 }
@@ -193,6 +212,63 @@ fn range(v: &[f64]) -> String {
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     format!("{lo:.3}–{hi:.3}")
+}
+
+/// A nats-server with JetStream on a free port, its file store in `store`.
+async fn start_nats(store: &Path) -> Res<(Child, String)> {
+    let port = free_port()?;
+    let child = Command::new(nats_server_bin())
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("nats-server: {e} (run `bin/dev bench`)"))?;
+    let mut guard = Stopped(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("nats-server did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let child = guard.0.take().ok_or("nats-server gone")?;
+    Ok((child, format!("nats://127.0.0.1:{port}")))
+}
+
+/// A child killed when dropped.
+struct Stopped(Option<Child>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The simulator's table and the coordination cost (serial, 16 and 64
+/// slots) on a fresh nats-server with a file store.
+async fn sections(tasks: usize) -> Res<String> {
+    let store = tempfile::tempdir()?;
+    let (server, url) = start_nats(store.path()).await?;
+    let pid = server.id();
+    let _server = Stopped(Some(server));
+    let mut md = String::from("\n");
+    md.push_str(&sim::markdown(&[120.0, 600.0]));
+    let mut runs = Vec::new();
+    for slots in [1, 16, 64] {
+        let n = if slots == 1 { tasks.min(2000) } else { tasks };
+        eprintln!("[bench] coordination: {n} tasks, {slots} slots");
+        let f = coord::run_measured(&url, n, slots, Some(pid))
+            .await
+            .map_err(|e| e.to_string())?;
+        runs.push(f);
+    }
+    md.push('\n');
+    md.push_str(&coord::markdown(&runs));
+    Ok(md)
 }
 
 /// A local nats-server and `workers` workers, stopped when dropped.
@@ -370,6 +446,16 @@ fn ffmpeg_ladder(src: &Path, heights: &[u32], preset: &str, out: &Path, extra: &
 #[tokio::main]
 async fn main() -> Res<()> {
     let a = args()?;
+    if a.no_media {
+        // Only the generated sections, replaced in `out`.
+        let md = sections(a.coord_tasks).await?;
+        let old = std::fs::read_to_string(&a.out).unwrap_or_default();
+        let kept = old.find(SECTIONS_MARK).map_or(old.as_str(), |i| &old[..i]);
+        std::fs::write(&a.out, format!("{}\n{md}", kept.trim_end()))?;
+        println!("{md}");
+        eprintln!("[bench] wrote {}", a.out.display());
+        return Ok(());
+    }
     let bin = jetcode_bin()?;
     let root = std::env::current_dir()?.join(".data/bench");
     let _ = std::fs::remove_dir_all(&root);
@@ -576,6 +662,7 @@ async fn main() -> Res<()> {
         ));
     }
     md.push_str("\nThe per-task cost is the extra wall time × slots spread over the extra tasks: child start, GStreamer registry load, pipeline build, seek, checkpoint and queue round trips. Chunking (the planner's default for long sources) amortises it over a chunk's segments.\n");
+    md.push_str(&sections(a.coord_tasks).await?);
 
     std::fs::write(&a.out, &md)?;
     println!("{md}");

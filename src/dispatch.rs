@@ -143,23 +143,17 @@ pub async fn publish(js: &jetstream::Context, tasks: &[Task], tag: Option<&str>)
 /// Queued (or in-flight: a work queue keeps a message until it is acked)
 /// task messages of one job, by task kind: (work, stitch).
 pub async fn queued(js: &jetstream::Context, job: &str) -> Result<(u64, u64)> {
-    use futures::StreamExt;
-    let stream = js
-        .get_stream_no_info(subjects::TASKS_STREAM)
-        .await
-        .map_err(|e| Error::js("open task stream", e))?;
-    let mut subjects_info = stream
-        .info_with_subjects(subjects::tasks_of_job(job))
-        .await
-        .map_err(|e| Error::js("count queued tasks", e))?;
+    let counts =
+        crate::ledger::subject_counts(js, subjects::TASKS_STREAM, &subjects::tasks_of_job(job))
+            .await
+            .map_err(|e| Error::js("count queued tasks", e))?;
     let (mut work, mut stitch) = (0, 0);
     let stitch_subject = subjects::task(subjects::TaskKind::Stitch, job);
-    while let Some(s) = subjects_info.next().await {
-        let (subject, count) = s.map_err(|e| Error::js("count queued tasks", e))?;
+    for (subject, count) in counts {
         if subject == stitch_subject {
-            stitch += count as u64;
+            stitch += count;
         } else {
-            work += count as u64;
+            work += count;
         }
     }
     Ok((work, stitch))

@@ -170,24 +170,15 @@ impl Ledger {
 
     /// Checkpointed task ids of a job.
     pub async fn done_tasks(&self, job: &str) -> Result<Vec<String>> {
-        let stream = self
-            .js
-            .get_stream(format!("KV_{}", subjects::PROGRESS_BUCKET))
-            .await
-            .map_err(|e| Error::js("open progress stream", e))?;
         let prefix = format!("$KV.{}.{job}.", subjects::PROGRESS_BUCKET);
-        let mut subjects = stream
-            .info_with_subjects(format!("{prefix}>"))
+        let stream = format!("KV_{}", subjects::PROGRESS_BUCKET);
+        let counts = subject_counts(&self.js, &stream, &format!("{prefix}>"))
             .await
             .map_err(|e| Error::js("count checkpoints", e))?;
-        let mut out = Vec::new();
-        while let Some(s) = subjects.next().await {
-            let (subject, _count) = s.map_err(|e| Error::js("count checkpoints", e))?;
-            if let Some(task) = subject.strip_prefix(&prefix) {
-                out.push(task.to_string());
-            }
-        }
-        Ok(out)
+        Ok(counts
+            .into_iter()
+            .filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(str::to_string))
+            .collect())
     }
 
     /// Publish an event and wait for the stream to store it.
@@ -235,5 +226,55 @@ impl Ledger {
             .watch_with_history(id)
             .await
             .map_err(|e| Error::js(&format!("watch job {id}"), e))
+    }
+}
+
+/// Messages per subject of `stream` among the subjects matching `filter`:
+/// one `STREAM.INFO` request per page of subjects, reading only the
+/// counts. `Stream::info_with_subjects` (async-nats 0.51) asks for a
+/// second page even when the first held every subject, so each count
+/// there cost two round trips (three with `get_stream`), and it decodes
+/// the whole stream config each time; this runs once per finished task
+/// (the completion check), so it is the queue path's hottest request.
+pub(crate) async fn subject_counts(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> std::result::Result<Vec<(String, u64)>, String> {
+    #[derive(serde::Deserialize)]
+    struct Page {
+        #[serde(default)]
+        error: Option<ApiError>,
+        #[serde(default)]
+        state: Option<PageState>,
+        #[serde(default)]
+        total: usize,
+    }
+    #[derive(serde::Deserialize)]
+    struct PageState {
+        #[serde(default)]
+        subjects: Option<std::collections::HashMap<String, u64>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ApiError {
+        #[serde(default)]
+        description: String,
+    }
+    let mut out = Vec::new();
+    loop {
+        let request = serde_json::json!({"subjects_filter": filter, "offset": out.len()});
+        let page: Page = js
+            .request(format!("STREAM.INFO.{stream}"), &request)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = page.error {
+            return Err(e.description);
+        }
+        let subjects = page.state.and_then(|s| s.subjects).unwrap_or_default();
+        let got = subjects.len();
+        out.extend(subjects);
+        if got == 0 || out.len() >= page.total {
+            return Ok(out);
+        }
     }
 }

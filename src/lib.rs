@@ -3,6 +3,7 @@
 //! Producers use [`Client`] to submit [`JobSpec`]s and follow them; workers
 //! (the `jetcode worker` binary) plan, encode and stitch them.
 
+pub mod balance;
 pub mod client;
 pub mod connect;
 pub mod dispatch;

@@ -1378,9 +1378,11 @@ async fn drain_waits_for_a_plan_in_progress() {
         ))
         .await
         .unwrap();
-    let needle = src.display().to_string();
+    let worker = w.child.id();
     wait_until(Duration::from_secs(30), "the probe running", || {
-        !processes_mentioning(&needle).is_empty()
+        children_of(worker)
+            .iter()
+            .any(|c| c.contains("media probe"))
     });
     w.signal(libc::SIGTERM);
     assert!(w.wait_exit(Duration::from_secs(40)).success());

@@ -228,6 +228,10 @@ impl WorkerProc {
             .args(extra)
             .env("NATS_URL", url)
             .env("JETCODE_LOG", "info,async_nats=warn")
+            // Inherited by its media children, whose command lines name no
+            // path (their orders come on stdin): processes_mentioning finds
+            // them by it.
+            .env("JETCODE_TEST_ROOT", root)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
@@ -326,8 +330,30 @@ pub fn ffprobe_frames(path: &std::path::Path) -> u64 {
         })
 }
 
-/// Pids of live processes whose command line mentions `needle` (e.g. a
-/// test's temp root, which every media child's work order names).
+/// Command lines of the live children of `parent`.
+pub fn children_of(parent: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // After the command name: state, then the parent's pid.
+            stat.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok())
+                == Some(parent)
+        })
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .collect()
+}
+
+/// Pids of live processes whose command line or environment mentions
+/// `needle` (e.g. a test's temp root: in a worker's arguments, and in the
+/// environment its media children inherit).
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -343,10 +369,12 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
                 .rsplit(')')
                 .next()
                 .is_some_and(|r| r.trim_start().starts_with('Z'));
-            !zombie
-                && std::fs::read(format!("/proc/{pid}/cmdline"))
+            let mentions = |file: &str| {
+                std::fs::read(format!("/proc/{pid}/{file}"))
                     .map(|c| String::from_utf8_lossy(&c).contains(needle))
                     .unwrap_or(false)
+            };
+            !zombie && (mentions("cmdline") || mentions("environ"))
         })
         .collect()
 }
