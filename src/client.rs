@@ -271,22 +271,6 @@ impl Client {
 
     /// Live workers (those with a fresh heartbeat).
     pub async fn workers(&self) -> Result<Vec<Heartbeat>> {
-        let kv = self
-            .js
-            .get_key_value(subjects::WORKERS_BUCKET)
-            .await
-            .map_err(|e| Error::js("open workers bucket", e))?;
-        let mut keys = kv.keys().await.map_err(|e| Error::js("list workers", e))?;
-        let mut out = Vec::new();
-        while let Some(k) = keys.next().await {
-            let k = k.map_err(|e| Error::js("list workers", e))?;
-            if let Some(v) = kv.get(&k).await.map_err(|e| Error::js("read worker", e))? {
-                if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&v) {
-                    out.push(hb);
-                }
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        self.ledger.workers().await
     }
 }

@@ -105,6 +105,9 @@ pub struct PlanOptions {
     /// Encode chunk length asked for, seconds (None: the planner picks,
     /// see [`chunk_segments`]).
     pub chunk_seconds: Option<f64>,
+    /// Fewest chunks the planner's pick leaves (at least [`MIN_CHUNKS`];
+    /// more for a big or uneven fleet, see [`crate::balance::chunk_plan`]).
+    pub min_chunks: usize,
 }
 
 impl Default for PlanOptions {
@@ -114,6 +117,7 @@ impl Default for PlanOptions {
             min_seconds: crate::job::MIN_SEGMENT_SECONDS,
             balance: 0.10,
             chunk_seconds: None,
+            min_chunks: MIN_CHUNKS,
         }
     }
 }
@@ -129,9 +133,14 @@ pub const MIN_CHUNKS: usize = 8;
 /// Segments per encode chunk (one task encodes that many consecutive
 /// segments in one run, an IDR forced at each segment start): the job's
 /// `chunk_seconds` rounded to whole segments, or the planner's pick,
-/// chunks of about [`CHUNK_TARGET_SECONDS`] while at least [`MIN_CHUNKS`]
+/// chunks of about [`CHUNK_TARGET_SECONDS`] while at least `min_chunks`
 /// remain. Never below 1 nor above the segment count. Pure.
-pub fn chunk_segments(segments: usize, segment_seconds: f64, chunk_seconds: Option<f64>) -> u32 {
+pub fn chunk_segments(
+    segments: usize,
+    segment_seconds: f64,
+    chunk_seconds: Option<f64>,
+    min_chunks: usize,
+) -> u32 {
     if segments == 0 || segment_seconds.is_nan() || segment_seconds <= 0.0 {
         return 1;
     }
@@ -139,7 +148,7 @@ pub fn chunk_segments(segments: usize, segment_seconds: f64, chunk_seconds: Opti
         Some(c) => (c / segment_seconds).round().max(1.0) as usize,
         None => {
             let by_length = (CHUNK_TARGET_SECONDS / segment_seconds).floor().max(1.0) as usize;
-            by_length.min((segments / MIN_CHUNKS).max(1))
+            by_length.min((segments / min_chunks.max(1)).max(1))
         }
     };
     k.clamp(1, segments) as u32
@@ -432,7 +441,12 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
         dropped: Vec::new(),
         audio_channels: facts.audio.as_ref().map_or(0, |a| a.channels),
         audio_stream: facts.audio.as_ref().and_then(|a| a.stream.clone()),
-        chunk_segments: chunk_segments(segments_len, mean_seconds, opts.chunk_seconds),
+        chunk_segments: chunk_segments(
+            segments_len,
+            mean_seconds,
+            opts.chunk_seconds,
+            opts.min_chunks,
+        ),
     })
 }
 
@@ -585,11 +599,16 @@ mod tests {
         ];
         for &(n, secs, asked, want) in table {
             assert_eq!(
-                chunk_segments(n, secs, asked),
+                chunk_segments(n, secs, asked, super::MIN_CHUNKS),
                 want,
                 "{n} x {secs} s, asked {asked:?}"
             );
         }
+        // A fleet that wants more chunks gets shorter ones; a job's own
+        // chunk_seconds wins.
+        assert_eq!(chunk_segments(100, 6.0, None, 30), 3);
+        assert_eq!(chunk_segments(100, 6.0, None, 1000), 1);
+        assert_eq!(chunk_segments(100, 6.0, Some(60.0), 1000), 10);
     }
 
     use super::*;

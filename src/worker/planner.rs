@@ -115,6 +115,7 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
     let opts = PlanOptions {
         target_seconds: spec.segment_seconds(),
         chunk_seconds: spec.chunk_seconds,
+        min_chunks: fleet_min_chunks(w, &facts, spec.segment_seconds()).await,
         ..Default::default()
     };
     let mut p = match plan::plan(&facts, &opts) {
@@ -264,4 +265,50 @@ pub(super) async fn reject(
 /// Queue every segment and audio task of a freshly planned job.
 async fn publish_tasks(w: &Worker, id: &str, spec: &JobSpec, p: &plan::Plan) -> Result<()> {
     crate::dispatch::publish(&w.js, &crate::dispatch::work_tasks(id, spec, p)?, None).await
+}
+
+/// Fewest chunks for the live fleet: enough that the slowest slot's last
+/// chunk cannot stretch the job past 10 % over the ideal (see
+/// [`crate::balance::chunk_plan`]), never fewer than [`plan::MIN_CHUNKS`].
+/// A slot's speed is its worker's recent frames per second per slot; a
+/// worker that has not encoded lately counts at the fleet's median speed.
+/// Without heartbeats (within 2 s) the default stands.
+async fn fleet_min_chunks(w: &Worker, facts: &SourceFacts, segment_seconds: f64) -> usize {
+    let fleet = match tokio::time::timeout(Duration::from_secs(2), w.ledger.workers()).await {
+        Ok(Ok(f)) => f,
+        _ => return plan::MIN_CHUNKS,
+    };
+    let live: Vec<_> = fleet
+        .iter()
+        .filter(|h| !h.draining && h.slots > 0)
+        .collect();
+    let mut known: Vec<f64> = live
+        .iter()
+        .filter(|h| h.fps > 0.0)
+        .map(|h| h.fps / h.slots as f64)
+        .collect();
+    known.sort_by(f64::total_cmp);
+    let median = known.get(known.len() / 2).copied().unwrap_or(1.0);
+    let capacity: Vec<crate::balance::Capacity> = live
+        .iter()
+        .map(|h| crate::balance::Capacity {
+            slots: h.slots,
+            speed: if h.fps > 0.0 {
+                h.fps / h.slots as f64
+            } else {
+                median
+            },
+        })
+        .collect();
+    let rules = crate::balance::ChunkRules {
+        // Chunks are whole segments, at most about the planner's target.
+        min_seconds: segment_seconds,
+        max_seconds: plan::CHUNK_TARGET_SECONDS.max(segment_seconds),
+        ..Default::default()
+    };
+    let duration = facts.duration_ns as f64 / 1e9;
+    crate::balance::chunk_plan(duration, &capacity, &rules)
+        .seconds
+        .len()
+        .max(plan::MIN_CHUNKS)
 }
