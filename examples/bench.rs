@@ -535,6 +535,74 @@ async fn main() -> Res<()> {
         "\nffmpeg: `ffmpeg -i src.mp4 [-filter_complex '[0:v]split=4[s0]..;[s0]scale=-2:1080[v0];..'] -map .. -c:v libx264 -preset veryfast -crf 23 -c:a aac -b:a 128k out-N.mp4`, one process, one decode. jetcode: a job with `formats: [\"mp4\"]`, default segments (10 s) and chunks; every segment task encodes all renditions from one decode. Frames/s per worker: source frames ÷ wall ÷ workers (a ladder encodes each frame once per rung).\n\n"
     );
 
+    // Where the CPU of the one-rendition job goes: each stage as one child
+    // by itself (the job's fixed work), the rest is what distribution adds.
+    eprintln!("[bench] profile");
+    let facts = jetcode::media::probe::probe(&src720)?;
+    let whole = jetcode::plan::plan(
+        &facts,
+        &jetcode::plan::PlanOptions {
+            target_seconds: 1e9,
+            ..Default::default()
+        },
+    )?;
+    let r720: jetcode::job::Rendition = serde_json::from_value(rung("r720", 720, "veryfast"))?;
+    let prof = root.join("profile");
+    let child = |kind: &str, order: String| -> Res<Cost> {
+        measured(
+            Command::new(&bin)
+                .args(["media", kind, "--task"])
+                .arg(order),
+            kind,
+        )
+    };
+    let probe_cost = child("probe", serde_json::to_string(&src720)?)?;
+    let video_cost = child(
+        "segment",
+        serde_json::to_string(&jetcode::task::SegmentWork::of_plan(
+            &whole,
+            whole.segments[0],
+            r720,
+            src720.clone(),
+            prof.join("video.ts"),
+        ))?,
+    )?;
+    let audio_cost = child(
+        "audio",
+        serde_json::to_string(&jetcode::task::AudioWork {
+            input: src720.clone(),
+            output: prof.join("audio.ts"),
+            stream: whole.audio_stream.clone(),
+        })?,
+    )?;
+    let (_, job_cost, _) = fleet
+        .job(
+            &src720,
+            serde_json::json!({"renditions": [rung("r720", 720, "veryfast")]}),
+        )
+        .await?;
+    let stages = probe_cost.cpu + video_cost.cpu + audio_cost.cpu;
+    md.push_str(&format!(
+        "### Where the CPU of the 720p job goes
+
+| stage (one child each, by itself) | CPU s |
+|---|---|
+| probe | {:.2} |
+| video, whole clip in one task | {:.2} |
+| audio | {:.2} |
+| sum of the stages | {stages:.2} |
+| the distributed job (one run) | {:.2} |
+| what distribution adds: per-task child start and seek, a GOP decoded before each cut, an IDR per part, stitch, workers and nats-server | {:.2} ({:+.1} %) |
+
+",
+        probe_cost.cpu,
+        video_cost.cpu,
+        audio_cost.cpu,
+        job_cost.cpu,
+        job_cost.cpu - stages,
+        (job_cost.cpu / stages - 1.0) * 100.0
+    ));
+
     // P5: chunk length vs quality at 6 s HLS segments.
     md.push_str("## P5: chunk length vs bytes and PSNR (6 s HLS segments, 720p veryfast CRF 23)\n\n| encode | video bytes | bytes ÷ ffmpeg | PSNR dB | PSNR − ffmpeg dB |\n|---|---|---|---|---|\n");
     let ff6 = root.join("ffmpeg6.mp4");

@@ -54,10 +54,14 @@ pub async fn end(ledger: &Ledger, job: &str, how: End) -> Result<JobRecord> {
         End::Failed(r) | End::Cancelled(r) => Some(r.clone()),
     };
     let state = how.state();
+    // Whether the write that landed was this call's transition (the
+    // closure runs again on a compare-and-set conflict).
+    let ended_here = std::sync::atomic::AtomicBool::new(false);
     let rec = loop {
         let updated = ledger
             .update_record(job, |r| {
                 let change = r.state == JobState::Running;
+                ended_here.store(change, std::sync::atomic::Ordering::Relaxed);
                 if change {
                     r.state = state;
                     r.error = reason.clone();
@@ -78,6 +82,10 @@ pub async fn end(ledger: &Ledger, job: &str, how: End) -> Result<JobRecord> {
             Err(e) => return Err(e),
         }
     };
+    if ended_here.load(std::sync::atomic::Ordering::Relaxed) {
+        metrics::counter!(crate::metrics::JOBS_ENDED, crate::metrics::LABEL_STATE => state.as_str())
+            .increment(1);
+    }
     if rec.state.is_terminal() {
         announce(ledger, &rec).await?;
     }

@@ -32,7 +32,12 @@ pub const SCALER_ACTUAL: &str = "jetcode_scaler_workers_actual";
 /// Scaling changes, by `reason`.
 pub const SCALER_DECISIONS: &str = "jetcode_scaler_decisions_total";
 
+/// Jobs ended, by state (done, failed, cancelled).
+pub const JOBS_ENDED: &str = "jetcode_jobs_ended_total";
+/// Dead-letter advisories handled (a message that ran out of deliveries).
+pub const DEAD_LETTERS: &str = "jetcode_dead_letters_total";
 pub const LABEL_REASON: &str = "reason";
+pub const LABEL_STATE: &str = "state";
 pub const LABEL_KIND: &str = "kind";
 pub const LABEL_OUTCOME: &str = "outcome";
 
@@ -50,6 +55,8 @@ pub fn describe() {
     metrics::describe_counter!(REDELIVERIES, "Task deliveries that were redeliveries");
     metrics::describe_counter!(STALLS, "Children killed for stalled progress");
     metrics::describe_counter!(JOBS_PLANNED, "Job specs handled by the planner, by outcome");
+    metrics::describe_counter!(JOBS_ENDED, "Jobs ended by this process, by state");
+    metrics::describe_counter!(DEAD_LETTERS, "Dead-letter advisories handled");
     metrics::describe_histogram!(
         RECONCILE_SECONDS,
         metrics::Unit::Seconds,

@@ -18,6 +18,16 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The state's name as records spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
     /// True when nothing more will happen to the job.
     pub fn is_terminal(self) -> bool {
         !matches!(self, JobState::Running)

@@ -84,6 +84,7 @@ pub(super) async fn dead_letter_loop(w: Arc<Worker>, consumer: PullConsumer) {
 /// Fail the job the dead message belonged to. Idempotent: failing a job that
 /// is already terminal changes nothing.
 async fn handle(w: &Worker, a: &Advisory) -> Result<()> {
+    metrics::counter!(crate::metrics::DEAD_LETTERS).increment(1);
     let stream =
         w.js.get_stream_no_info(&a.stream)
             .await
