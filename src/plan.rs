@@ -363,7 +363,7 @@ pub fn ladder(renditions: &[Rendition], facts: &SourceFacts) -> (Vec<Rung>, Vec<
 pub fn frame_time_ns(i: u64, fps_num: u32, fps_den: u32) -> u64 {
     // Rounded, exact in u128: i * 1e9 * den / num.
     let n = i as u128 * 1_000_000_000u128 * fps_den as u128;
-    ((n + fps_num as u128 / 2) / fps_num as u128) as u64
+    u64::try_from((n + fps_num as u128 / 2) / fps_num.max(1) as u128).unwrap_or(u64::MAX)
 }
 
 /// Bounds a worker puts on what a source may decode to, checked against
@@ -397,6 +397,11 @@ impl Default for MediaLimits {
     }
 }
 
+/// Latest stream time a source may carry, nanoseconds (2^62, about 146
+/// years): anything later is a damaged or hostile file, or GStreamer's
+/// "no time" (u64::MAX) leaking through.
+pub const MAX_TIMESTAMP_NS: u64 = 1 << 62;
+
 /// Refuse a source whose facts exceed `limits`; the reason is one line
 /// and names every limit crossed. Pure.
 pub fn check_limits(facts: &SourceFacts, limits: &MediaLimits) -> Result<(), String> {
@@ -420,6 +425,15 @@ pub fn check_limits(facts: &SourceFacts, limits: &MediaLimits) -> Result<(), Str
         over.push(format!(
             "duration {longest:.0} s exceeds {:.0} s (--max-duration)",
             limits.max_duration_seconds
+        ));
+    }
+    let latest = facts
+        .first_pts_ns
+        .max(facts.end_ns)
+        .max(facts.frame_times_ns.last().copied().unwrap_or(0));
+    if latest > MAX_TIMESTAMP_NS {
+        over.push(format!(
+            "timestamp {latest} ns is beyond {MAX_TIMESTAMP_NS} ns (damaged source?)"
         ));
     }
     if facts.fps_den > 0 {
@@ -485,7 +499,9 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
         .collect();
     let segments_len = segments.len();
     let mean_seconds = match (segments.first(), segments.last()) {
-        (Some(a), Some(b)) => (b.end_ns - a.start_ns) as f64 / 1e9 / segments_len as f64,
+        (Some(a), Some(b)) => {
+            b.end_ns.saturating_sub(a.start_ns) as f64 / 1e9 / segments_len as f64
+        }
         _ => opts.target_seconds,
     };
     Ok(Plan {
@@ -539,7 +555,9 @@ impl<'a> Timeline<'a> {
         let Some(t) = times else {
             return Timeline {
                 first: facts.first_pts_ns,
-                end: facts.first_pts_ns + frame_time_ns(facts.frames, num, den),
+                end: facts
+                    .first_pts_ns
+                    .saturating_add(frame_time_ns(facts.frames, num, den)),
                 times: None,
                 fps: (num, den),
                 vfr: false,
@@ -566,7 +584,7 @@ impl<'a> Timeline<'a> {
         };
         Timeline {
             first: t.first().copied().unwrap_or(0),
-            end: last + last_lasts.max(min_gap),
+            end: last.saturating_add(last_lasts.max(min_gap)),
             times,
             fps: (num, den),
             // Percentiles, so one odd gap (a dropped frame, a glitch) does
@@ -582,7 +600,9 @@ impl<'a> Timeline<'a> {
     fn time(&self, i: u64) -> u64 {
         match self.times {
             Some(t) => t.get(i as usize).copied().unwrap_or(self.end),
-            None => self.first + frame_time_ns(i, self.fps.0, self.fps.1),
+            None => self
+                .first
+                .saturating_add(frame_time_ns(i, self.fps.0, self.fps.1)),
         }
     }
 
@@ -758,6 +778,11 @@ mod tests {
                 "zero denominator is the planner's to refuse",
                 with(&|f| f.fps_den = 0),
                 None,
+            ),
+            (
+                "no-time first frame",
+                with(&|f| f.first_pts_ns = u64::MAX),
+                Some("damaged source"),
             ),
             (
                 "several at once",
