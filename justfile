@@ -24,6 +24,14 @@ soak ROUNDS="5":
     cargo build --tests
     for i in $(seq {{ROUNDS}}); do echo "soak round $i/{{ROUNDS}}"; cargo nextest run --test chaos --no-capture 2>&1 | grep -E "^(chaos|cluster):|PASS|FAIL|panicked" ; test "${PIPESTATUS[0]}" -eq 0; done
 
+# The property tests (spec parsing, the planner, the TS readers) with many
+# more cases than the normal run's 256; each run is bounded by SECONDS. A
+# failure leaves its seed in a *.proptest-regressions file: commit it.
+fuzz CASES="20000" SECONDS="600":
+    cargo build --tests
+    PROPTEST_CASES={{CASES}} timeout {{SECONDS}} cargo test --test props
+    PROPTEST_CASES={{CASES}} timeout {{SECONDS}} cargo test --lib -- props::
+
 # Formatting and clippy, warnings are errors.
 lint:
     cargo fmt --all -- --check

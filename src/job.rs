@@ -229,6 +229,9 @@ impl JobSpec {
         }
         check_url("source", &self.source, &mut p);
         check_url("output", &self.output, &mut p);
+        if output_holds_source(&self.source, &self.output) {
+            p.push("output contains the source: a job must not write where it reads".into());
+        }
         if self.renditions.is_empty() {
             p.push("renditions must name at least one rendition".into());
         }
@@ -428,12 +431,26 @@ fn check_url(field: &str, raw: &str, p: &mut Vec<String>) {
             ALLOWED_SCHEMES.join(", ")
         ));
     }
-    // Url::parse normalises dot segments away, so look at the raw text.
-    if raw
-        .split(['/', '\\'])
-        .any(|s| s == ".." || s == "%2e%2e" || s == "%2E%2E")
-    {
+    // Url::parse normalises dot segments away (`%2e` counts as a dot, `\\`
+    // as a slash), so look at the raw text with those decoded. `%2f`
+    // stays one segment for Url, but a path decoded later would split it.
+    let decoded = raw
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace("%2f", "/")
+        .replace("%5c", "/");
+    if decoded.split(['/', '\\']).any(|s| s == "..") {
         p.push(format!("{field} must not contain '..' segments"));
+    }
+}
+
+/// True when the local path of file URL `output` is, or contains, that of
+/// `source` (lexically: the worker resolves symlinks and checks again).
+fn output_holds_source(source: &str, output: &str) -> bool {
+    let path = |u: &str| url::Url::parse(u).ok()?.to_file_path().ok();
+    match (path(source), path(output)) {
+        (Some(s), Some(o)) => s.starts_with(o),
+        _ => false,
     }
 }
 
@@ -536,6 +553,70 @@ mod tests {
             let err = spec(json).unwrap_err().to_string();
             assert!(err.contains(want), "{json}: {err} lacks {want}");
             assert!(!err.contains('\n'), "multi-line error: {err}");
+        }
+    }
+
+    /// Traversal and overlap as the spec check sees them (the worker's
+    /// roots check them again with symlinks resolved, in store.rs).
+    #[test]
+    fn traversal_and_overlap_table() {
+        let cases = [
+            ("file:///m/in/../../etc/passwd", "file:///o/", "'..'"),
+            ("file:///m/%2e%2e/etc/passwd", "file:///o/", "'..'"),
+            ("file:///m/%2E%2e/etc/passwd", "file:///o/", "'..'"),
+            ("file:///m/.%2E/etc/passwd", "file:///o/", "'..'"),
+            ("file:///m/%2e./etc/passwd", "file:///o/", "'..'"),
+            ("file:///m/..%2f..%2fetc/passwd", "file:///o/", "'..'"),
+            ("file:///m/..%5C..%5Cetc/passwd", "file:///o/", "'..'"),
+            ("file:///m\\..\\etc/passwd", "file:///o/", "'..'"),
+            (
+                "file:///m/a.mp4",
+                "file:///o/../../etc/",
+                "output must not contain '..'",
+            ),
+            (
+                "file:///m/a.mp4",
+                "file:///m/",
+                "output contains the source",
+            ),
+            ("file:///m/a.mp4", "file:///", "output contains the source"),
+            (
+                "file:///m/sub/a.mp4",
+                "file:///m",
+                "output contains the source",
+            ),
+            (
+                "file:///m/a.mp4",
+                "file:///m/a.mp4",
+                "output contains the source",
+            ),
+            ("file://host/m/a.mp4", "file:///o/", ""),
+        ];
+        for (source, output, want) in cases {
+            let json = format!(
+                r#"{{"source":"{}","output":"{}","renditions":["h264-720p"]}}"#,
+                source.replace('\\', "\\\\"),
+                output
+            );
+            match (want, spec(&json)) {
+                ("", Ok(_)) => {}
+                (w, Err(e)) if !w.is_empty() => {
+                    let e = e.to_string();
+                    assert!(e.contains(w), "{source} -> {output}: {e} lacks {w}");
+                }
+                (w, got) => panic!("{source} -> {output}: wanted {w:?}, got {got:?}"),
+            }
+        }
+        // Siblings and an output next to the source are fine.
+        for (source, output) in [
+            ("file:///m/a.mp4", "file:///m/out/"),
+            ("file:///m/a.mp4", "file:///ma/"),
+            ("file:///m/in/a.mp4", "file:///m/out/"),
+        ] {
+            let json = format!(
+                r#"{{"source":"{source}","output":"{output}","renditions":["h264-720p"]}}"#
+            );
+            spec(&json).unwrap_or_else(|e| panic!("{source} -> {output}: {e}"));
         }
     }
 

@@ -64,6 +64,9 @@ impl Ledger {
 
     /// Create the record; false when one already exists.
     pub async fn create_record(&self, rec: &JobRecord) -> Result<bool> {
+        let mut rec = rec.clone();
+        rec.bound();
+        let rec = &rec;
         let body = serde_json::to_vec(rec).unwrap_or_default();
         match self.jobs.create(&rec.id, body.into()).await {
             Ok(_) => Ok(true),
@@ -88,6 +91,7 @@ impl Ledger {
                 return Ok(rec);
             }
             rec.updated_at = now();
+            rec.bound();
             let body = serde_json::to_vec(&rec).unwrap_or_default();
             match self.jobs.update(id, body.into(), rev).await {
                 Ok(_) => return Ok(rec),
@@ -220,7 +224,13 @@ impl Ledger {
         }
     }
 
-    async fn publish_event(&self, job: &str, kind: EventKind, msg_id: Option<&str>) -> Result<()> {
+    async fn publish_event(
+        &self,
+        job: &str,
+        mut kind: EventKind,
+        msg_id: Option<&str>,
+    ) -> Result<()> {
+        kind.bound();
         let ev = Event {
             job: job.to_string(),
             time: now(),

@@ -372,7 +372,96 @@ pub fn ladder(renditions: &[Rendition], facts: &SourceFacts) -> (Vec<Rung>, Vec<
 pub fn frame_time_ns(i: u64, fps_num: u32, fps_den: u32) -> u64 {
     // Rounded, exact in u128: i * 1e9 * den / num.
     let n = i as u128 * 1_000_000_000u128 * fps_den as u128;
-    ((n + fps_num as u128 / 2) / fps_num as u128) as u64
+    u64::try_from((n + fps_num as u128 / 2) / fps_num.max(1) as u128).unwrap_or(u64::MAX)
+}
+
+/// Bounds a worker puts on what a source may decode to, checked against
+/// the probe's facts before anything is planned or encoded: a source over
+/// one is refused with a one-line reason, never half-encoded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MediaLimits {
+    /// Widest coded picture, pixels.
+    pub max_width: u32,
+    /// Tallest coded picture, pixels.
+    pub max_height: u32,
+    /// Most video frames.
+    pub max_frames: u64,
+    /// Longest duration (video, container or audio), seconds.
+    pub max_duration_seconds: f64,
+    /// Highest nominal frame rate, frames per second.
+    pub max_fps: f64,
+}
+
+impl Default for MediaLimits {
+    /// 8192x8192 (8K DCI and portrait 8K fit), 2 million frames, 12 h,
+    /// 240 fps.
+    fn default() -> Self {
+        MediaLimits {
+            max_width: 8192,
+            max_height: 8192,
+            max_frames: 2_000_000,
+            max_duration_seconds: 12.0 * 3600.0,
+            max_fps: 240.0,
+        }
+    }
+}
+
+/// Latest stream time a source may carry, nanoseconds (2^62, about 146
+/// years): anything later is a damaged or hostile file, or GStreamer's
+/// "no time" (u64::MAX) leaking through.
+pub const MAX_TIMESTAMP_NS: u64 = 1 << 62;
+
+/// Refuse a source whose facts exceed `limits`; the reason is one line
+/// and names every limit crossed. Pure.
+pub fn check_limits(facts: &SourceFacts, limits: &MediaLimits) -> Result<(), String> {
+    let mut over = Vec::new();
+    if facts.width > limits.max_width || facts.height > limits.max_height {
+        over.push(format!(
+            "picture {}x{} exceeds {}x{} (--max-width/--max-height)",
+            facts.width, facts.height, limits.max_width, limits.max_height
+        ));
+    }
+    if facts.frames > limits.max_frames {
+        over.push(format!(
+            "{} frames exceed {} (--max-frames)",
+            facts.frames, limits.max_frames
+        ));
+    }
+    let video_span = facts.end_ns.saturating_sub(facts.first_pts_ns);
+    let audio = facts.audio.as_ref().map_or(0, |a| a.duration_ns);
+    let longest = facts.duration_ns.max(video_span).max(audio) as f64 / 1e9;
+    if longest > limits.max_duration_seconds {
+        over.push(format!(
+            "duration {longest:.0} s exceeds {:.0} s (--max-duration)",
+            limits.max_duration_seconds
+        ));
+    }
+    let latest = facts
+        .first_pts_ns
+        .max(facts.end_ns)
+        .max(facts.frame_times_ns.last().copied().unwrap_or(0));
+    if latest > MAX_TIMESTAMP_NS {
+        over.push(format!(
+            "timestamp {latest} ns is beyond {MAX_TIMESTAMP_NS} ns (damaged source?)"
+        ));
+    }
+    if facts.fps_den > 0 {
+        let fps = facts.fps_num as f64 / facts.fps_den as f64;
+        if fps > limits.max_fps {
+            over.push(format!(
+                "frame rate {}/{} ({fps:.1} fps) exceeds {} fps (--max-fps)",
+                facts.fps_num, facts.fps_den, limits.max_fps
+            ));
+        }
+    }
+    if over.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "source over this worker's limits: {}",
+            over.join("; ")
+        ))
+    }
 }
 
 /// Cut `facts` into segments according to `opts`.
@@ -419,7 +508,9 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
         .collect();
     let segments_len = segments.len();
     let mean_seconds = match (segments.first(), segments.last()) {
-        (Some(a), Some(b)) => (b.end_ns - a.start_ns) as f64 / 1e9 / segments_len as f64,
+        (Some(a), Some(b)) => {
+            b.end_ns.saturating_sub(a.start_ns) as f64 / 1e9 / segments_len as f64
+        }
         _ => opts.target_seconds,
     };
     Ok(Plan {
@@ -478,7 +569,9 @@ impl<'a> Timeline<'a> {
         let Some(t) = times else {
             return Timeline {
                 first: facts.first_pts_ns,
-                end: facts.first_pts_ns + frame_time_ns(facts.frames, num, den),
+                end: facts
+                    .first_pts_ns
+                    .saturating_add(frame_time_ns(facts.frames, num, den)),
                 times: None,
                 fps: (num, den),
                 vfr: false,
@@ -505,7 +598,7 @@ impl<'a> Timeline<'a> {
         };
         Timeline {
             first: t.first().copied().unwrap_or(0),
-            end: last + last_lasts.max(min_gap),
+            end: last.saturating_add(last_lasts.max(min_gap)),
             times,
             fps: (num, den),
             // Percentiles, so one odd gap (a dropped frame, a glitch) does
@@ -521,7 +614,9 @@ impl<'a> Timeline<'a> {
     fn time(&self, i: u64) -> u64 {
         match self.times {
             Some(t) => t.get(i as usize).copied().unwrap_or(self.end),
-            None => self.first + frame_time_ns(i, self.fps.0, self.fps.1),
+            None => self
+                .first
+                .saturating_add(frame_time_ns(i, self.fps.0, self.fps.1)),
         }
     }
 
@@ -612,6 +707,124 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn media_limits_table() {
+        let lim = MediaLimits {
+            max_width: 1920,
+            max_height: 1080,
+            max_frames: 1000,
+            max_duration_seconds: 60.0,
+            max_fps: 60.0,
+        };
+        let base = facts(300, 30, 1, vec![0]);
+        let with = |f: &dyn Fn(&mut SourceFacts)| {
+            let mut x = base.clone();
+            x.width = 1280;
+            f(&mut x);
+            x
+        };
+        // (what, facts, Some(substring of the reason) | None = accepted)
+        let table: Vec<(&str, SourceFacts, Option<&str>)> = vec![
+            ("within", with(&|_| {}), None),
+            (
+                "at the limits",
+                with(&|f| {
+                    f.width = 1920;
+                    f.height = 1080;
+                    f.frames = 1000;
+                    f.fps_num = 60;
+                    f.duration_ns = 60_000_000_000;
+                }),
+                None,
+            ),
+            (
+                "too wide",
+                with(&|f| f.width = 1922),
+                Some("picture 1922x720 exceeds 1920x1080"),
+            ),
+            (
+                "too tall",
+                with(&|f| f.height = 1082),
+                Some("picture 1280x1082"),
+            ),
+            (
+                "absurd size",
+                with(&|f| {
+                    f.width = u32::MAX;
+                    f.height = u32::MAX;
+                }),
+                Some("--max-width"),
+            ),
+            (
+                "too many frames",
+                with(&|f| f.frames = 1001),
+                Some("1001 frames exceed 1000"),
+            ),
+            (
+                "long container",
+                with(&|f| f.duration_ns = 61_000_000_000),
+                Some("duration 61 s"),
+            ),
+            (
+                "long video span",
+                with(&|f| f.end_ns = 3_600_000_000_000),
+                Some("duration 3600 s"),
+            ),
+            (
+                "long audio",
+                with(&|f| {
+                    f.audio = Some(AudioFacts {
+                        rate: 48000,
+                        channels: 2,
+                        duration_ns: u64::MAX,
+                        stream: None,
+                        tracks: 1,
+                        language: None,
+                    })
+                }),
+                Some("--max-duration"),
+            ),
+            (
+                "fast",
+                with(&|f| {
+                    f.fps_num = 120_000;
+                    f.fps_den = 1001;
+                }),
+                Some("frame rate 120000/1001 (119.9 fps) exceeds 60 fps"),
+            ),
+            (
+                "zero denominator is the planner's to refuse",
+                with(&|f| f.fps_den = 0),
+                None,
+            ),
+            (
+                "no-time first frame",
+                with(&|f| f.first_pts_ns = u64::MAX),
+                Some("damaged source"),
+            ),
+            (
+                "several at once",
+                with(&|f| {
+                    f.width = 4000;
+                    f.frames = 5000;
+                }),
+                Some("; 5000 frames"),
+            ),
+        ];
+        for (what, f, want) in table {
+            let got = check_limits(&f, &lim);
+            match (want, got) {
+                (None, Ok(())) => {}
+                (Some(w), Err(e)) => {
+                    assert!(e.contains(w), "{what}: {e} lacks {w}");
+                    assert!(!e.contains('\n'), "{what}: one line");
+                }
+                (w, g) => panic!("{what}: wanted {w:?}, got {g:?}"),
+            }
+        }
+        assert!(check_limits(&base, &MediaLimits::default()).is_ok());
+    }
 
     fn facts(frames: u64, num: u32, den: u32, keyframes: Vec<u64>) -> SourceFacts {
         SourceFacts {

@@ -80,12 +80,65 @@ impl JobRecord {
             state,
             plan: None,
             tasks_total: 0,
-            error: Some(reason.to_string()),
+            error: Some(bounded(reason, MAX_REASON_BYTES)),
             created_at: t,
             updated_at: t,
             finished_at: state.is_terminal().then_some(t),
             generation: 0,
             repairs: 0,
+        }
+    }
+}
+
+/// Longest failure reason (or other free text) a record or event keeps,
+/// bytes: a reason can quote its input (a spec's bad field, a child's
+/// stderr), and nothing input-sized is echoed into KV or the event stream.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes (for any `max` of 32 or more) on a
+/// character boundary, with a marker saying how much was cut. Unchanged
+/// when it fits.
+pub fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let marker = |cut: usize| format!(" ...[{cut} bytes cut]");
+    let mut keep = max.saturating_sub(marker(text.len()).len());
+    while !text.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{}", &text[..keep], marker(text.len() - keep))
+}
+
+fn bound_in_place(text: &mut String) {
+    if text.len() > MAX_REASON_BYTES {
+        *text = bounded(text, MAX_REASON_BYTES);
+    }
+}
+
+impl JobRecord {
+    /// Cap its free text (the failure reason) at [`MAX_REASON_BYTES`].
+    pub fn bound(&mut self) {
+        if let Some(e) = &mut self.error {
+            bound_in_place(e);
+        }
+    }
+}
+
+impl EventKind {
+    /// Cap its free text (reasons, actions) at [`MAX_REASON_BYTES`].
+    pub fn bound(&mut self) {
+        match self {
+            EventKind::Retried { reason, .. } | EventKind::Failed { reason } => {
+                bound_in_place(reason)
+            }
+            EventKind::Repaired { action } => bound_in_place(action),
+            EventKind::Planned { dropped, .. } => {
+                for d in dropped {
+                    bound_in_place(&mut d.reason);
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -217,4 +270,57 @@ pub struct Heartbeat {
     /// Address of /healthz, /readyz, /metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_text_keeps_short_and_cuts_long_on_a_char_boundary() {
+        assert_eq!(bounded("short", 1024), "short");
+        let exact = "x".repeat(1024);
+        assert_eq!(bounded(&exact, 1024), exact);
+        let long = "é".repeat(100_000); // 2 bytes a char
+        let b = bounded(&long, MAX_REASON_BYTES);
+        assert!(b.len() <= MAX_REASON_BYTES, "{}", b.len());
+        assert!(b.ends_with("bytes cut]"), "{b}");
+        assert!(b.starts_with("éé"));
+        let cut: usize = b
+            .rsplit_once('[')
+            .and_then(|(_, n)| n.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        let kept = b.len() - format!(" ...[{cut} bytes cut]").len();
+        assert_eq!(kept + cut, long.len(), "the marker counts what was cut");
+        assert_eq!(bounded("abcdef", 2), " ...[6 bytes cut]", "tiny max");
+    }
+
+    #[test]
+    fn records_and_events_never_echo_unbounded_input() {
+        let huge = format!("invalid job spec: id {:?}", "A".repeat(70_000));
+        let rec = JobRecord::unplanned("j", None, JobState::Failed, &huge);
+        assert!(rec.error.as_ref().unwrap().len() <= MAX_REASON_BYTES);
+        let mut rec2 = rec.clone();
+        rec2.error = Some(huge.clone());
+        rec2.bound();
+        assert!(rec2.error.unwrap().len() <= MAX_REASON_BYTES);
+        for mut k in [
+            EventKind::Failed {
+                reason: huge.clone(),
+            },
+            EventKind::Retried {
+                task: "seg-0".into(),
+                worker: "w".into(),
+                reason: huge.clone(),
+            },
+            EventKind::Repaired {
+                action: huge.clone(),
+            },
+        ] {
+            k.bound();
+            let json = serde_json::to_string(&k).unwrap();
+            assert!(json.len() < MAX_REASON_BYTES + 200, "{}", json.len());
+        }
+    }
 }

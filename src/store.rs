@@ -67,12 +67,31 @@ impl FileRoots {
         }
     }
 
+    /// The deepest existing ancestor of `p`, symlinks resolved.
+    fn real_ancestor(&self, url: &str, p: &Path) -> Result<PathBuf> {
+        let mut existing = p;
+        while !existing.exists() {
+            existing = existing
+                .parent()
+                .ok_or_else(|| storage(format!("{url} has no existing ancestor")))?;
+        }
+        existing
+            .canonicalize()
+            .map_err(|e| storage(format!("{url}: {e}")))
+    }
+
     /// The local path of a source; it must exist and (symlinks resolved) lie under a root.
     pub fn source_path(&self, url: &str) -> Result<PathBuf> {
         let p = Self::url_path(url)?;
-        let real = p
-            .canonicalize()
-            .map_err(|e| storage(format!("source {url}: {e}")))?;
+        let real = match p.canonicalize() {
+            Ok(real) => real,
+            Err(e) => {
+                // Outside the roots says "outside" whether or not it
+                // exists: no probing for files elsewhere.
+                self.check_inside(url, &self.real_ancestor(url, &p)?)?;
+                return Err(storage(format!("source {url}: {e}")));
+            }
+        };
         self.check_inside(url, &real)?;
         if !real.is_file() {
             return Err(storage(format!("source {url} is not a regular file")));
@@ -85,22 +104,41 @@ impl FileRoots {
         let p = Self::url_path(url)?;
         // Check the deepest existing ancestor (symlinks resolved) before
         // creating anything, so nothing is created outside the roots.
-        let mut existing = p.as_path();
-        while !existing.exists() {
-            existing = existing
-                .parent()
-                .ok_or_else(|| storage(format!("output {url} has no existing ancestor")))?;
-        }
-        let real_ancestor = existing
-            .canonicalize()
-            .map_err(|e| storage(format!("output {url}: {e}")))?;
-        self.check_inside(url, &real_ancestor)?;
+        self.check_inside(url, &self.real_ancestor(url, &p)?)?;
         std::fs::create_dir_all(&p).map_err(|e| storage(format!("output {url}: {e}")))?;
         let real = p
             .canonicalize()
             .map_err(|e| storage(format!("output {url}: {e}")))?;
         self.check_inside(url, &real)?;
         Ok(real)
+    }
+}
+
+/// The local path of a `file://` URL with symlinks resolved as far as it
+/// exists (the rest appended as written); None for anything else. Creates
+/// nothing.
+pub fn local_path(url: &str) -> Option<PathBuf> {
+    let p = FileRoots::url_path(url).ok()?;
+    let mut existing = p.as_path();
+    while !existing.exists() {
+        existing = existing.parent()?;
+    }
+    let rest = p.strip_prefix(existing).ok()?;
+    Some(existing.canonicalize().ok()?.join(rest))
+}
+
+/// How directory `a` overlaps directory `b`: `"is"` (the same), `"lies
+/// inside"` or `"contains"`; None when neither holds the other.
+/// Component-wise, so `/out/a` and `/out/ab` do not overlap.
+pub fn overlap(a: &Path, b: &Path) -> Option<&'static str> {
+    if a == b {
+        Some("is")
+    } else if a.starts_with(b) {
+        Some("lies inside")
+    } else if b.starts_with(a) {
+        Some("contains")
+    } else {
+        None
     }
 }
 
@@ -175,6 +213,110 @@ pub fn commit_file(tmp: &Path, dest: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every way out of the roots we know of, and what each gets.
+    #[test]
+    fn traversal_table() {
+        let root = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let r = root.path().display().to_string();
+        std::fs::write(root.path().join("in.mp4"), b"x").unwrap();
+        std::fs::create_dir(root.path().join("sub")).unwrap();
+        std::fs::write(other.path().join("secret.mp4"), b"x").unwrap();
+        std::os::unix::fs::symlink(other.path(), root.path().join("escape")).unwrap();
+        std::os::unix::fs::symlink(
+            other.path().join("secret.mp4"),
+            root.path().join("link.mp4"),
+        )
+        .unwrap();
+        let roots = FileRoots::new(&[root.path().to_path_buf()]).unwrap();
+        let o = other.path().display().to_string();
+        let on = other.path().file_name().unwrap().to_string_lossy();
+        // (url, error substring; "" = accepted)
+        let sources = [
+            (format!("file://{r}/in.mp4"), ""),
+            // Url resolves dot segments before the path is looked at: this
+            // one stays inside (the spec's own check refuses any '..').
+            (format!("file://{r}/sub/../in.mp4"), ""),
+            (format!("file://{r}/../{on}/secret.mp4"), "outside"),
+            (format!("file://{r}/%2e%2e/%2e%2e/etc/passwd"), "outside"),
+            (format!("file://{r}/%2E%2e/x"), "outside"),
+            (format!("file://{r}/.%2e/x"), "outside"),
+            (
+                format!("file://{r}/sub/..%2f..%2fetc%2fpasswd"),
+                "'..' is not allowed",
+            ),
+            (format!("file://{r}/sub\\..\\..\\etc\\passwd"), "outside"),
+            (format!("file://{r}/sub/%252e%252e/in.mp4"), "No such file"),
+            (format!("file://{r}/missing.mp4"), "No such file"),
+            (format!("file://{o}/missing.mp4"), "outside"),
+            ("file:///etc/passwd".to_string(), "outside"),
+            (format!("file://{o}/secret.mp4"), "outside"),
+            (format!("file://{r}/link.mp4"), "outside"),
+            (format!("file://{r}/escape/secret.mp4"), "outside"),
+            (format!("file://{r}/in.mp4%00.txt"), "nul byte"),
+            (
+                format!("file://otherhost{r}/in.mp4"),
+                "not a local file path",
+            ),
+            (format!("file://{r}/sub"), "not a regular file"),
+            ("s3://bucket/x.mp4".to_string(), "scheme s3"),
+            ("/etc/passwd".to_string(), "relative URL"),
+            ("file:".to_string(), "outside"),
+        ];
+        let outputs = [
+            (format!("file://{r}/out/a/"), ""),
+            (format!("file://{r}/out/../../x/"), "outside"),
+            (format!("file://{r}/%2e%2e/x/"), "outside"),
+            (format!("file://{r}/escape/out/"), "outside"),
+            (format!("file://{o}/out/"), "outside"),
+            ("file:///proc/self/".to_string(), "outside"),
+        ];
+        let mut wrong = Vec::new();
+        let mut check = |what: &str, url: &str, want: &str, got: Result<PathBuf>| {
+            let ok = match &got {
+                Ok(_) => want.is_empty(),
+                Err(e) => {
+                    let e = e.to_string();
+                    !want.is_empty()
+                        && e.to_lowercase().contains(&want.to_lowercase())
+                        && !e.contains('\n')
+                }
+            };
+            if !ok {
+                wrong.push(format!("{what} {url}: wanted {want:?}, got {got:?}"));
+            }
+        };
+        for (url, want) in &sources {
+            check("source", url, want, roots.source_path(url));
+        }
+        for (url, want) in &outputs {
+            check("output", url, want, roots.output_dir(url));
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        assert!(
+            !other.path().join("out").exists(),
+            "nothing created outside"
+        );
+        assert!(!root.path().parent().unwrap().join("x").exists());
+    }
+
+    #[test]
+    fn overlaps() {
+        let p = Path::new;
+        assert_eq!(overlap(p("/o/a"), p("/o/a")), Some("is"));
+        assert_eq!(overlap(p("/o/a/b"), p("/o/a")), Some("lies inside"));
+        assert_eq!(overlap(p("/o"), p("/o/a")), Some("contains"));
+        assert_eq!(overlap(p("/o/a"), p("/o/ab")), None);
+        assert_eq!(overlap(p("/o/a"), p("/o/b")), None);
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        std::os::unix::fs::symlink(&real, real.join("alias")).unwrap();
+        let url = format!("file://{}/alias/not/yet/", real.display());
+        assert_eq!(local_path(&url), Some(real.join("not/yet")));
+        assert!(!real.join("not").exists(), "creates nothing");
+        assert_eq!(local_path("s3://b/k"), None);
+    }
 
     #[test]
     fn confinement() {

@@ -255,10 +255,11 @@ pub(crate) fn byte_ranges(
             let (next_off, next_pts) = starts
                 .get(i + 1)
                 .map_or((size, end_pts.max(s.pts)), |n| (n.offset, n.pts));
+            // Saturating: `points` from a damaged file need not fit `size`.
             ByteRange {
                 offset: s.offset,
-                length: next_off - s.offset,
-                seconds: (next_pts - s.pts) as f64 / 90_000.0,
+                length: next_off.saturating_sub(s.offset),
+                seconds: next_pts.saturating_sub(s.pts) as f64 / 90_000.0,
             }
         })
         .collect()
@@ -865,5 +866,140 @@ mod tests {
             rbsp(&[0, 0, 3, 1, 0, 0, 3, 0, 3]),
             vec![0, 0, 1, 0, 0, 0, 3]
         );
+    }
+}
+
+/// Property tests: every reader here takes bytes from files on disk, so
+/// none may panic on any input. `just fuzz` runs them longer.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A 188-byte packet that looks enough like TS to get past the sync
+    /// byte and the PID checks: PAT, a PMT-ish PID, video and audio PIDs,
+    /// payloads that start like a PES or a PSI section about half the time.
+    fn ts_packet() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![Just(0u16), Just(0x20), Just(0x41), Just(0x44), 0u16..0x2000],
+            any::<bool>(),
+            any::<u8>(),
+            0u8..4,
+            proptest::collection::vec(any::<u8>(), 184),
+        )
+            .prop_map(|(pid, start, cc, head, mut payload)| {
+                match head {
+                    0 => payload[..4].copy_from_slice(&[0, 0, 1, 0xE0]),
+                    1 => payload[..4].copy_from_slice(&[0, 0, 1, 0xC0]),
+                    2 => payload[..3].copy_from_slice(&[0, 0x02, 0xB0]),
+                    _ => {}
+                }
+                let mut p = vec![
+                    0x47,
+                    (u8::from(start) << 6) | (pid >> 8) as u8,
+                    pid as u8,
+                    cc,
+                ];
+                p.extend(payload);
+                p
+            })
+    }
+
+    fn ts_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..2048),
+            proptest::collection::vec(ts_packet(), 0..48).prop_map(|ps| ps.concat()),
+            // Whole packets with a torn tail.
+            (proptest::collection::vec(ts_packet(), 1..16), 0usize..188).prop_map(|(ps, cut)| {
+                let mut b = ps.concat();
+                b.truncate(b.len() - cut);
+                b
+            }),
+        ]
+    }
+
+    /// Annex B-ish: NAL start codes among random bytes.
+    fn es_bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64),
+                any::<u8>().prop_map(|h| vec![0, 0, 1, h]),
+                any::<u8>().prop_map(|h| vec![0, 0, 0, 1, h]),
+                Just(vec![0, 0, 3]),
+            ],
+            0..24,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn byte_parsers_never_panic(b in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = packet(&b);
+            let _ = pes_header(&b);
+            let _ = pes_pts(&b);
+            if b.len() >= 5 {
+                let _ = timestamp(&b[..5]);
+            }
+            let _ = decode_lead(&b, 0);
+            if let Some(s) = section(&b) {
+                let _ = pat_pmt_pid(s);
+                let _ = pmt_streams(s);
+            }
+            let _ = pat_pmt_pid(&b);
+            let _ = pmt_streams(&b);
+            let _ = h264_sps_size(&b);
+            let _ = h265_sps_size(&b);
+            let _ = rbsp(&b);
+        }
+
+        #[test]
+        fn nal_scanning_never_panics(es in es_bytes(), sps in any::<bool>()) {
+            for (at, end) in nal_units(&es) {
+                prop_assert!(at <= es.len());
+                if let Some(e) = end {
+                    prop_assert!(at <= e && e <= es.len(), "{at}..{e} of {}", es.len());
+                }
+            }
+            for codec in [None, Some(VideoCodec::H264), Some(VideoCodec::H265)] {
+                let _ = first_slice(&es, codec, sps);
+            }
+        }
+
+        #[test]
+        fn file_readers_never_panic(data in ts_bytes(), cuts in proptest::collection::vec(any::<u64>(), 0..6), end in any::<u64>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("part.ts");
+            std::fs::write(&path, &data).unwrap();
+            let mut hashed = 0usize;
+            let scan = scan_video(&path, &mut |b| hashed += b.len()).unwrap();
+            prop_assert_eq!(hashed, data.len());
+            prop_assert_eq!(scan.bytes, data.len() as u64);
+            let _ = audio_info(&path);
+            let _ = first_pts(&path);
+            let _ = avc_codec_string(&path);
+            let points = entry_points(&path).unwrap();
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let ranges = byte_ranges(&points, &cuts, end, data.len() as u64);
+            // The ranges tile the file.
+            let mut at = 0;
+            for r in &ranges {
+                prop_assert_eq!(r.offset, at);
+                at += r.length;
+            }
+            prop_assert!(ranges.is_empty() || at == data.len() as u64);
+        }
+
+        #[test]
+        fn byte_ranges_never_panic_on_any_points(
+            points in proptest::collection::vec((any::<u64>(), any::<u64>()), 0..12),
+            cuts in proptest::collection::vec(any::<u64>(), 0..6),
+            end in any::<u64>(),
+            size in any::<u64>(),
+        ) {
+            let points: Vec<_> = points.into_iter().map(|(offset, pts)| EntryPoint { offset, pts }).collect();
+            let _ = byte_ranges(&points, &cuts, end, size);
+        }
     }
 }

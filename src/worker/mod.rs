@@ -53,6 +53,26 @@ pub struct WorkerArgs {
     /// instead of waking the OOM killer on the whole machine.
     #[arg(long, env = "JETCODE_CHILD_MEMORY_MB", default_value_t = 8192)]
     pub child_memory_mb: u64,
+    /// Open files (RLIMIT_NOFILE) each media child may hold; 0 = the
+    /// worker's own limit.
+    #[arg(long, env = "JETCODE_CHILD_OPEN_FILES", default_value_t = 4096)]
+    pub child_open_files: u64,
+    /// Widest source picture this worker accepts, pixels; wider sources
+    /// fail their job at planning with the reason.
+    #[arg(long, env = "JETCODE_MAX_WIDTH", default_value_t = 8192)]
+    pub max_width: u32,
+    /// Tallest source picture this worker accepts, pixels.
+    #[arg(long, env = "JETCODE_MAX_HEIGHT", default_value_t = 8192)]
+    pub max_height: u32,
+    /// Most video frames a source may have.
+    #[arg(long, env = "JETCODE_MAX_FRAMES", default_value_t = 2_000_000)]
+    pub max_frames: u64,
+    /// Longest source (video, container or audio), seconds (default 12 h).
+    #[arg(long, env = "JETCODE_MAX_DURATION", default_value_t = 43_200.0)]
+    pub max_duration: f64,
+    /// Highest nominal source frame rate, frames per second.
+    #[arg(long, env = "JETCODE_MAX_FPS", default_value_t = 240.0)]
+    pub max_fps: f64,
     /// Seconds before the first retry of a failed task; doubles per
     /// attempt (at most 5 min), ±25 % jitter.
     #[arg(long, default_value_t = 10.0)]
@@ -95,6 +115,44 @@ impl WorkerArgs {
         (cores / self.slots().max(1)).max(1)
     }
 
+    /// Check the options that have no safe meaning outside a range.
+    pub fn validate(&self) -> Result<()> {
+        let mut bad = Vec::new();
+        if self.max_width == 0 || self.max_height == 0 || self.max_frames == 0 {
+            bad.push("--max-width, --max-height and --max-frames must be at least 1".to_string());
+        }
+        for (name, v) in [
+            ("--max-duration", self.max_duration),
+            ("--max-fps", self.max_fps),
+            ("--stall-timeout", self.stall_timeout),
+            ("--task-timeout-factor", self.task_timeout_factor),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                bad.push(format!("{name} must be a positive number, not {v}"));
+            }
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::InvalidSpec, bad.join("; ")))
+        }
+    }
+
+    /// What a source may decode to on this worker.
+    pub fn media_limits(&self) -> crate::plan::MediaLimits {
+        crate::plan::MediaLimits {
+            max_width: self.max_width,
+            max_height: self.max_height,
+            max_frames: self.max_frames,
+            max_duration_seconds: self.max_duration,
+            max_fps: self.max_fps,
+        }
+    }
+
+    fn child_open_files(&self) -> Option<u64> {
+        (self.child_open_files > 0).then_some(self.child_open_files)
+    }
+
     fn child_memory(&self) -> Option<u64> {
         (self.child_memory_mb > 0).then_some(self.child_memory_mb << 20)
     }
@@ -102,6 +160,11 @@ impl WorkerArgs {
     fn stall(&self) -> Duration {
         Duration::from_secs_f64(self.stall_timeout.max(1.0))
     }
+}
+
+/// Cores of this machine (at least 1).
+fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as u32
 }
 
 /// True while `client` is connected. On the way out, steps that need the
@@ -219,6 +282,7 @@ pub async fn run_until(
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) -> Result<()> {
+    args.validate()?;
     let roots = if args.file_roots.is_empty() {
         let cwd = std::env::current_dir()
             .map_err(|e| Error::new(ErrorKind::Storage, format!("working directory: {e}")))?;

@@ -72,8 +72,23 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         Ok(p) => p,
         Err(e) => return reject(w, &id, Some(spec), e.to_string()).await,
     };
-    if let Err(e) = w.roots.output_dir(&spec.output) {
-        return reject(w, &id, Some(spec), e.to_string()).await;
+    // Before output_dir creates anything inside another job's output.
+    if let Some(planned) = crate::store::local_path(&spec.output) {
+        if let Some(reason) = output_taken(w, &id, &planned).await? {
+            return reject(w, &id, Some(spec), reason).await;
+        }
+    }
+    let out_dir = match w.roots.output_dir(&spec.output) {
+        Ok(p) => p,
+        Err(e) => return reject(w, &id, Some(spec), e.to_string()).await,
+    };
+    // Symlinks resolved: the spec's own check is lexical.
+    if source.starts_with(&out_dir) {
+        let reason = format!(
+            "output {} contains the source {}: a job must not write where it reads",
+            spec.output, spec.source
+        );
+        return reject(w, &id, Some(spec), reason).await;
     }
     let work = serde_json::to_string(&source).unwrap_or_default();
     let outcome = supervise::run(ChildSpec {
@@ -83,6 +98,8 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
             stall: PROBE_TIMEOUT,
             total: PROBE_TIMEOUT,
             memory: w.args.child_memory(),
+            cpu_seconds: supervise::cpu_seconds(PROBE_TIMEOUT, super::cores()),
+            open_files: w.args.child_open_files(),
         },
         stop: w.abort.child_token(),
         on_frames: &|_| {},
@@ -112,6 +129,11 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
             ))
         }
     };
+    if let Err(reason) = plan::check_limits(&facts, &w.args.media_limits()) {
+        metrics::counter!(crate::metrics::JOBS_PLANNED, crate::metrics::LABEL_OUTCOME => "rejected").increment(1);
+        tracing::warn!(job = %id, "rejected: {reason}");
+        return reject(w, &id, Some(spec), reason).await;
+    }
     let opts = PlanOptions {
         target_seconds: spec.segment_seconds(),
         chunk_seconds: spec.chunk_seconds,
@@ -245,6 +267,48 @@ pub(super) fn raw_id(payload: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
     let id = v.get("id")?.as_str()?;
     valid_id(id).then(|| id.to_string())
+}
+
+/// The reason `out_dir` may not be used, if another running job writes
+/// inside it, or it lies inside another running job's output. Looks only
+/// at jobs with work in the task queue (O(running jobs), not O(every job
+/// ever recorded)); two specs planned at the same moment can still race.
+async fn output_taken(w: &Worker, id: &str, out_dir: &std::path::Path) -> Result<Option<String>> {
+    let stream =
+        w.js.get_stream(crate::subjects::TASKS_STREAM)
+            .await
+            .map_err(|e| Error::js("open task stream", e))?;
+    let mut subjects = stream
+        .info_with_subjects(crate::subjects::TASKS_ALL)
+        .await
+        .map_err(|e| Error::js("list queued jobs", e))?;
+    let mut jobs = std::collections::BTreeSet::new();
+    while let Some(s) = futures::StreamExt::next(&mut subjects).await {
+        let (subject, _count) = s.map_err(|e| Error::js("list queued jobs", e))?;
+        if let Some(job) = crate::subjects::job_of_task_subject(&subject) {
+            if job != id {
+                jobs.insert(job.to_string());
+            }
+        }
+    }
+    for job in jobs {
+        let Some((rec, _)) = w.ledger.record(&job).await? else {
+            continue;
+        };
+        if rec.state != JobState::Running {
+            continue;
+        }
+        let Some(theirs) = rec.output.as_deref().and_then(crate::store::local_path) else {
+            continue;
+        };
+        if let Some(how) = crate::store::overlap(out_dir, &theirs) {
+            return Ok(Some(format!(
+                "output {how} the output of running job {job} ({})",
+                theirs.display()
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Record a refused job as failed with its reason, and tell watchers.

@@ -27,6 +27,25 @@ pub struct Limits {
     /// leak or a huge frame ends in a failed allocation, not in the OOM
     /// killer picking the worker). None: unlimited.
     pub memory: Option<u64>,
+    /// RLIMIT_CPU of the child in seconds (see [`cpu_seconds`]): a child
+    /// spinning without end dies of SIGXCPU even if the worker's own
+    /// timers never fire (the worker hung, or was stopped). None: unlimited.
+    pub cpu_seconds: Option<u64>,
+    /// RLIMIT_NOFILE of the child. None: the worker's own.
+    pub open_files: Option<u64>,
+}
+
+/// CPU seconds a child may burn: every one of the machine's `cores` busy
+/// for its whole wall-clock budget `total`, plus a minute. A child cannot
+/// burn more within `total`, so the worker's timers, which name the reason
+/// better, always fire first; the rlimit is the backstop for when they
+/// cannot (the worker hung or was stopped with SIGSTOP).
+pub fn cpu_seconds(total: Duration, cores: u32) -> Option<u64> {
+    let secs = total.as_secs_f64().ceil() as u64;
+    Some(
+        secs.saturating_mul(u64::from(cores.max(1)))
+            .saturating_add(60),
+    )
 }
 
 /// How a child ended.
@@ -74,11 +93,14 @@ fn child_program() -> std::io::Result<std::path::PathBuf> {
 
 /// Spawn and supervise. Never panics; every failure is an [`Outcome`].
 pub async fn run(spec: ChildSpec<'_>) -> Outcome {
+    match child_program() {
+        Ok(program) => run_program(program, spec).await,
+        Err(e) => transient(format!("cannot find own executable: {e}")),
+    }
+}
+
+async fn run_program(program: std::path::PathBuf, spec: ChildSpec<'_>) -> Outcome {
     let started = Instant::now();
-    let program = match child_program() {
-        Ok(p) => p,
-        Err(e) => return transient(format!("cannot find own executable: {e}")),
-    };
     let mut cmd = Command::new(program);
     match stall_failpoint(spec.kind) {
         Some(()) => cmd.args(["media", "stall", "--task", "{}"]),
@@ -86,30 +108,61 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
         // order outgrows the kernel's 128 KiB limit on one argument.
         None => cmd.arg("media").arg(spec.kind).args(["--task", "-"]),
     };
-    // SAFETY: prctl and setrlimit are bare syscall wrappers (no allocation,
+    // SAFETY: prctl, getrlimit and setrlimit are bare syscall wrappers (no allocation,
     // no locks), safe between fork and exec. The child dies with its worker,
     // even on SIGKILL, so no orphan keeps encoding a task that will be
     // redelivered elsewhere.
-    let memory = spec.limits.memory;
+    let Limits {
+        memory,
+        cpu_seconds,
+        open_files,
+        ..
+    } = spec.limits;
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if let Some(bytes) = memory {
-                let lim = libc::rlimit {
-                    rlim_cur: bytes as libc::rlim_t,
-                    rlim_max: bytes as libc::rlim_t,
+            // Only ever lowered: raising a hard limit needs privilege.
+            let set_limit = |resource, soft: u64, hard: u64| {
+                let mut now = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
                 };
-                if libc::setrlimit(libc::RLIMIT_DATA, &lim) != 0 {
+                if libc::getrlimit(resource, &mut now) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                let hard = (hard as libc::rlim_t).min(now.rlim_max);
+                let lim = libc::rlimit {
+                    rlim_cur: (soft as libc::rlim_t).min(hard),
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(resource, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            if let Some(bytes) = memory {
+                set_limit(libc::RLIMIT_DATA, bytes, bytes)?;
+            }
+            if let Some(secs) = cpu_seconds {
+                // SIGXCPU at the soft limit, SIGKILL 5 s later if caught.
+                set_limit(libc::RLIMIT_CPU, secs, secs.saturating_add(5))?;
+                // SIGXCPU dumps core by default: not a multi-GiB core per
+                // runaway encoder.
+                set_limit(libc::RLIMIT_CORE, 0, 0)?;
+            }
+            if let Some(n) = open_files {
+                set_limit(libc::RLIMIT_NOFILE, n, n)?;
             }
             Ok(())
         });
     }
     let limit_note = memory
         .map(|b| format!(" (memory limit {} MiB)", b >> 20))
+        .unwrap_or_default();
+    let cpu_note = cpu_seconds
+        .map(|s| format!(" (CPU time limit {s} s reached)"))
         .unwrap_or_default();
     let mut child = match cmd
         .stdin(Stdio::piped())
@@ -214,9 +267,14 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
         },
         (_, None) => {
             use std::os::unix::process::ExitStatusExt;
+            let signal = status.signal().unwrap_or(0);
+            let note = if signal == libc::SIGXCPU {
+                cpu_note
+            } else {
+                limit_note
+            };
             transient(format!(
-                "media child killed by signal {}{limit_note}: {tail}",
-                status.signal().unwrap_or(0)
+                "media child killed by signal {signal}{note}: {tail}"
             ))
         }
     }
@@ -299,6 +357,83 @@ fn transient(reason: String) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_budget_covers_every_core_for_the_whole_timeout() {
+        let t = |s| Duration::from_secs(s);
+        assert_eq!(cpu_seconds(t(300), 1), Some(360));
+        assert_eq!(cpu_seconds(t(300), 8), Some(2460));
+        assert_eq!(cpu_seconds(t(300), 0), Some(360), "at least one core");
+        assert_eq!(
+            cpu_seconds(Duration::from_millis(1500), 2),
+            Some(64),
+            "rounded up"
+        );
+        assert_eq!(cpu_seconds(Duration::MAX, 64), Some(u64::MAX));
+    }
+
+    /// A stand-in child: a shell script run with the usual arguments.
+    fn script(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("child.sh");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    fn limits(cpu_seconds: Option<u64>, open_files: Option<u64>) -> Limits {
+        Limits {
+            stall: Duration::from_secs(30),
+            total: Duration::from_secs(30),
+            memory: None,
+            cpu_seconds,
+            open_files,
+        }
+    }
+
+    async fn run_script(program: std::path::PathBuf, limits: Limits) -> Outcome {
+        run_program(
+            program,
+            ChildSpec {
+                kind: "segment",
+                work: "{}".into(),
+                limits,
+                stop: CancellationToken::new(),
+                on_frames: &|_| {},
+            },
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn child_runs_under_its_cpu_and_open_file_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = script(
+            dir.path(),
+            r#"echo "cpu $(ulimit -t) files $(ulimit -n) core $(ulimit -c)" >&2; exit 3"#,
+        );
+        match run_script(p, limits(Some(77), Some(99))).await {
+            Outcome::Failed { reason, .. } => {
+                assert!(reason.ends_with("cpu 77 files 99 core 0"), "{reason}")
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn spinning_child_dies_at_its_cpu_limit_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = script(dir.path(), "while :; do :; done");
+        let t0 = Instant::now();
+        match run_script(p, limits(Some(1), None)).await {
+            Outcome::Failed { reason, permanent } => {
+                assert!(!permanent, "{reason}");
+                assert!(reason.contains("CPU time limit 1 s reached"), "{reason}");
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    }
 
     #[test]
     fn stderr_tail_is_bounded_and_keeps_the_last_line() {

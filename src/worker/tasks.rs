@@ -504,10 +504,13 @@ async fn run_task(
             )
         }
     };
+    let total = Duration::from_secs_f64((seconds * w.args.task_timeout_factor).max(300.0));
     let limits = Limits {
         stall: w.args.stall(),
-        total: Duration::from_secs_f64((seconds * w.args.task_timeout_factor).max(300.0)),
+        total,
         memory: w.args.child_memory(),
+        cpu_seconds: super::supervise::cpu_seconds(total, super::cores()),
+        open_files: w.args.child_open_files(),
     };
     if kind == "stitch" {
         // Bounded like the child: hung storage must not hold the stitch
