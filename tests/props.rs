@@ -395,8 +395,8 @@ proptest! {
     }
 
     #[test]
-    fn chunk_pick_stays_in_range(segments in 0usize..100_000, secs in any::<f64>(), chunk in proptest::option::of(any::<f64>())) {
-        let k = plan::chunk_segments(segments, secs, chunk);
+    fn chunk_pick_stays_in_range(segments in 0usize..100_000, secs in any::<f64>(), chunk in proptest::option::of(any::<f64>()), min_chunks in any::<usize>()) {
+        let k = plan::chunk_segments(segments, secs, chunk, min_chunks);
         prop_assert!(k >= 1 && k as usize <= segments.max(1));
     }
 }
