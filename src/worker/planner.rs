@@ -68,11 +68,11 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         return Ok(());
     }
 
-    let source = match w.roots.source_path(&spec.source) {
+    let source = match w.source_input(&spec.source) {
         Ok(p) => p,
         Err(e) => return reject(w, &id, Some(spec), e.to_string()).await,
     };
-    if let Err(e) = w.roots.output_dir(&spec.output) {
+    if let Err(e) = w.check_output(&spec.output) {
         return reject(w, &id, Some(spec), e.to_string()).await;
     }
     let work = serde_json::to_string(&source).unwrap_or_default();
@@ -88,6 +88,9 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         on_frames: &|_| {},
     })
     .await;
+    if let Outcome::Done { summary, .. } = &outcome {
+        super::tasks::count_source_reads("probe", "probe", summary);
+    }
     let facts: SourceFacts = match outcome {
         Outcome::Done { summary, .. } => match serde_json::from_value(summary) {
             Ok(f) => f,

@@ -72,6 +72,14 @@ fn child_program() -> std::io::Result<std::path::PathBuf> {
     std::env::current_exe()
 }
 
+/// Extra environment of every media child (the worker's S3 settings).
+static CHILD_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Set [`CHILD_ENV`] once, at worker start.
+pub(crate) fn set_child_env(env: Vec<(String, String)>) {
+    let _ = CHILD_ENV.set(env);
+}
+
 /// Spawn and supervise. Never panics; every failure is an [`Outcome`].
 pub async fn run(spec: ChildSpec<'_>) -> Outcome {
     let started = Instant::now();
@@ -80,6 +88,9 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
         Err(e) => return transient(format!("cannot find own executable: {e}")),
     };
     let mut cmd = Command::new(program);
+    if let Some(env) = CHILD_ENV.get() {
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    }
     match stall_failpoint(spec.kind) {
         Some(()) => cmd.args(["media", "stall", "--task", "{}"]),
         None => cmd
