@@ -120,6 +120,7 @@ impl Weed {
     fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
         Arc::new(
             AmazonS3Builder::new()
+                .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
                 .with_endpoint(&self.endpoint)
                 .with_allow_http(true)
                 .with_region("us-east-1")
@@ -129,6 +130,15 @@ impl Weed {
                 .build()
                 .unwrap(),
         )
+    }
+
+    /// Credentials only: the rest comes from the worker's flags, which it
+    /// must pass on to its children.
+    fn credentials(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", ACCESS.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
+        ]
     }
 
     /// What a worker (and its children) need to reach this server.
@@ -276,7 +286,9 @@ async fn s3_to_s3_job_on_two_workers_that_share_no_directory() {
         .await
         .unwrap();
 
-    let env = weed.env();
+    // Endpoint, region and http by flags (passed on to the media children
+    // by the worker), credentials by environment.
+    let env = weed.credentials();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut workers = Vec::new();
     let mut ports = Vec::new();
@@ -300,6 +312,11 @@ async fn s3_to_s3_job_on_two_workers_that_share_no_directory() {
                 scratch.to_str().unwrap(),
                 "--health-addr",
                 &health,
+                "--s3-endpoint",
+                &weed.endpoint,
+                "--s3-region",
+                "us-east-1",
+                "--s3-allow-http",
             ],
             &env,
         ));

@@ -423,6 +423,30 @@ mod tests {
         cache.fit_read(u64::MAX / 2);
         assert_eq!(cache.capacity(), MAX_CACHE_BLOCKS);
         assert_eq!(process_refetches(), 0);
+
+        // A large index read in one request (an MP4's moov of 40 blocks at
+        // the end), then nearly a default cache's worth of media blocks,
+        // then the index again: sized by that read, the cache still has
+        // all of it (a default-sized one would fetch it again).
+        let big = dir.path().join("big");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(BLOCK_SIZE * 80).unwrap();
+        let cache = BlockCache::open_local(&big).unwrap();
+        let moov = 40 * BLOCK_SIZE;
+        cache.fit_read(40 * BLOCK_SIZE);
+        let mut at = moov;
+        while at < 80 * BLOCK_SIZE {
+            at += cache.read_at(at, 1 << 20).unwrap().len() as u64;
+        }
+        for i in 0..(CACHE_BLOCKS as u64 - 1) {
+            cache.read_at(i * BLOCK_SIZE, 100).unwrap();
+        }
+        let fetched = cache.fetches();
+        for i in 40..80 {
+            cache.read_at(i * BLOCK_SIZE, 100).unwrap();
+        }
+        assert_eq!(cache.fetches(), fetched, "the index was fetched twice");
+        assert_eq!(process_refetches(), 0);
         match BlockCache::open_local(&dir.path().join("missing")) {
             Err(e) => assert!(e.permanent, "{e}"),
             Ok(_) => panic!("missing source opened"),

@@ -216,7 +216,11 @@ impl S3Access {
         if let Some(s) = stores.get(bucket) {
             return Ok(s.clone());
         }
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // Every upload carries its SHA-256 (x-amz-checksum-sha256): the
+        // server refuses a body damaged on the way.
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_checksum_algorithm(object_store::aws::Checksum::SHA256);
         if let Some(e) = &self.args.endpoint {
             b = b.with_endpoint(e);
         }
