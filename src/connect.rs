@@ -69,6 +69,10 @@ impl ConnectOptions {
     /// unless an explicit option (creds, nkey, user and password, token)
     /// is given: explicit options win. No error or log line shows a secret.
     pub async fn connect(&self) -> Result<async_nats::Client> {
+        // Two TLS crypto providers are linked in (NATS uses ring, the S3
+        // client aws-lc-rs); rustls panics at a TLS handshake unless the
+        // process names one. Installing it again is a harmless no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let seeds = Seeds::parse(&self.url)?;
         let lost = Arc::new(AtomicBool::new(false));
         let mut o = async_nats::ConnectOptions::new()

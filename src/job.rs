@@ -22,7 +22,7 @@ pub const DEFAULT_SEGMENT_SECONDS: f64 = 10.0;
 /// Longest encode chunk a job may ask for, seconds.
 pub const MAX_CHUNK_SECONDS: f64 = 1800.0;
 /// URL schemes a source or output may use.
-pub const ALLOWED_SCHEMES: &[&str] = &["file"];
+pub const ALLOWED_SCHEMES: &[&str] = &["file", "s3"];
 
 /// A transcoding job as producers submit it. Unknown fields are rejected.
 ///

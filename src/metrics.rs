@@ -36,6 +36,19 @@ pub const SCALER_DECISIONS: &str = "jetcode_scaler_decisions_total";
 pub const JOBS_ENDED: &str = "jetcode_jobs_ended_total";
 /// Dead-letter advisories handled (a message that ran out of deliveries).
 pub const DEAD_LETTERS: &str = "jetcode_dead_letters_total";
+/// Requests a media child made to read its source (one HEAD, then ranged
+/// GETs of cache blocks), by task `kind` (probe, segment, audio).
+pub const SOURCE_REQUESTS: &str = "jetcode_source_requests_total";
+/// Bytes a media child read from its source, by task `kind`.
+pub const SOURCE_BYTES: &str = "jetcode_source_bytes_total";
+/// Source blocks a media child fetched again after its cache dropped them
+/// (0 unless a source's working set outgrows the cache), by task `kind`.
+pub const SOURCE_REFETCHES: &str = "jetcode_source_refetches_total";
+/// Requests this worker made to S3 (part and output uploads, downloads,
+/// digests), counted by the worker; media children's source reads are in
+/// [`SOURCE_REQUESTS`].
+pub const S3_REQUESTS: &str = "jetcode_s3_requests_total";
+
 pub const LABEL_REASON: &str = "reason";
 pub const LABEL_STATE: &str = "state";
 pub const LABEL_KIND: &str = "kind";
@@ -57,6 +70,20 @@ pub fn describe() {
     metrics::describe_counter!(JOBS_PLANNED, "Job specs handled by the planner, by outcome");
     metrics::describe_counter!(JOBS_ENDED, "Jobs ended by this process, by state");
     metrics::describe_counter!(DEAD_LETTERS, "Dead-letter advisories handled");
+    metrics::describe_counter!(
+        SOURCE_REQUESTS,
+        "Requests media children made to read sources, by task kind"
+    );
+    metrics::describe_counter!(
+        SOURCE_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes media children read from sources, by task kind"
+    );
+    metrics::describe_counter!(
+        SOURCE_REFETCHES,
+        "Source blocks fetched again after the block cache dropped them"
+    );
+    metrics::describe_counter!(S3_REQUESTS, "Requests this worker made to S3");
     metrics::describe_histogram!(
         RECONCILE_SECONDS,
         metrics::Unit::Seconds,

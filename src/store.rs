@@ -5,6 +5,8 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
 
+pub mod s3;
+
 /// The directories a worker may read sources from and write outputs to.
 #[derive(Debug, Clone)]
 pub struct FileRoots {

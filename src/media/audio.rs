@@ -285,7 +285,7 @@ fn run(
         }
     });
 
-    let size = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
+    let size = super::source::source_size(input);
     let timeout = Duration::from_secs(600) + Duration::from_secs(size / (1 << 20));
     let started = Instant::now();
     let mut last = 0u64;

@@ -24,6 +24,10 @@ pub fn run(kind: &str, task_json: &str) -> i32 {
                 let (gets, bytes) = super::source::process_read_stats();
                 obj.insert("source_gets".into(), gets.into());
                 obj.insert("source_bytes".into(), bytes.into());
+                obj.insert(
+                    "source_refetches".into(),
+                    super::source::process_refetches().into(),
+                );
             }
             emit(&ChildLine::Done { frames, summary });
             0

@@ -63,7 +63,7 @@ struct AudioScan {
 
 pub(crate) fn probe_full(path: &Path) -> Result<ProbeInfo, MediaError> {
     util::init()?;
-    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let size = super::source::source_size(path);
     let src = super::source::source_element(path)?;
     let parsebin = util::make("parsebin")?;
     let pipeline = gst::Pipeline::new();

@@ -17,7 +17,7 @@
 //! source stream time and mpegtsmux writes the source timeline (plus its
 //! constant base) whatever the seek did.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -560,6 +560,10 @@ fn run(
     let (tx, rx) = mpsc::channel::<Blocked>();
     let tx = Mutex::new(tx);
     let have_video = Arc::new(Mutex::new(false));
+    // Set by the guard once the last frame is out; then the discarded
+    // streams stop accepting data too, so the demuxer stops reading.
+    let video_done = Arc::new(AtomicBool::new(false));
+    let video_done_in_pad = video_done.clone();
     let pipeline_weak = pipeline.downgrade();
     let convert_weak = convert.downgrade();
     parsebin.connect_pad_added(move |_, pad| {
@@ -577,8 +581,25 @@ fn run(
             first
         };
         if !first_video {
-            // Other streams (audio, a second video) are parsed and discarded.
-            util::discard_pad(pad);
+            // Other streams (audio, a second video) are parsed and
+            // discarded until the video is done, then answered with EOS.
+            // Dropping a buffer tells the demuxer all is well, so it read
+            // on through the interleaved audio to the end of the file long
+            // after the segment's last frame (a task at the start of a
+            // source fetched all of it from the store); with EOS on every
+            // stream it stops at the segment's end.
+            let done = video_done_in_pad.clone();
+            pad.add_probe(
+                gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+                move |_, info| {
+                    if done.load(Ordering::Relaxed) {
+                        info.flow_res = Err(gst::FlowError::Eos);
+                        gst::PadProbeReturn::Handled
+                    } else {
+                        gst::PadProbeReturn::Drop
+                    }
+                },
+            );
             return;
         }
         let Ok(decodebin) = util::make("decodebin") else {
@@ -643,6 +664,7 @@ fn run(
         }
         let convert_weak = convert_weak.clone();
         let decoded_by_guard = decoded_in_pad.clone();
+        let video_done = video_done_in_pad.clone();
         decodebin.connect_pad_added(move |_, dpad| {
             let caps = dpad.current_caps().unwrap_or_else(|| dpad.query_caps(None));
             if caps.structure(0).is_none_or(|s| s.name() != "video/x-raw") {
@@ -654,6 +676,7 @@ fn run(
                 keep_until,
                 pts_offset_ns,
                 decoded_by_guard.clone(),
+                video_done.clone(),
             );
             if let Some(sinkpad) = convert_weak.upgrade().and_then(|c| c.static_pad("sink")) {
                 let _ = dpad.link(&sinkpad);
@@ -881,6 +904,7 @@ fn install_guard(
     keep_until: u64,
     pts_offset_ns: Option<i64>,
     decoded: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
 ) {
     let guard = Mutex::new(Guard {
         segment: None,
@@ -942,6 +966,7 @@ fn install_guard(
             }
             if st >= keep_until {
                 g.ended = true;
+                done.store(true, Ordering::Relaxed);
                 if let Some(peer) = pad.peer() {
                     peer.send_event(gst::event::Eos::new());
                 }

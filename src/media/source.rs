@@ -7,10 +7,10 @@
 //! once and kept in a small LRU, so a segment costs a handful of ranged
 //! GETs whatever the demuxer does.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
 use gstreamer as gst;
@@ -22,14 +22,26 @@ use super::MediaError;
 
 /// Bytes per cached block.
 pub const BLOCK_SIZE: u64 = 1 << 20;
-/// Blocks kept per source.
+/// Blocks kept per source, at least.
 pub const CACHE_BLOCKS: usize = 32;
+/// Blocks kept per source at most, however large one read is.
+pub const MAX_CACHE_BLOCKS: usize = 256;
 
-/// Ranged GETs and bytes fetched by every cache in this process. A media
+/// Requests (one HEAD per opened source, then ranged GETs) and bytes
+/// fetched by every cache in this process. A media
 /// child runs one task, so these are that task's read costs; the child
 /// reports them in its summary.
 static PROCESS_GETS: AtomicU64 = AtomicU64::new(0);
 static PROCESS_BYTES: AtomicU64 = AtomicU64::new(0);
+static PROCESS_REFETCHES: AtomicU64 = AtomicU64::new(0);
+
+/// Blocks this process fetched again after the cache had dropped them.
+/// A demuxer reads an MP4's index (moov) once in one large request; the
+/// cache grows to hold the largest request, so this stays 0 unless a
+/// source's working set is larger than [`MAX_CACHE_BLOCKS`].
+pub fn process_refetches() -> u64 {
+    PROCESS_REFETCHES.load(Ordering::Relaxed)
+}
 
 /// (ranged GETs, bytes fetched) by this process so far.
 pub fn process_read_stats() -> (u64, u64) {
@@ -39,12 +51,35 @@ pub fn process_read_stats() -> (u64, u64) {
     )
 }
 
+/// The runtime store requests run on. Media children have no async
+/// runtime, and the S3 client needs a Tokio one; reads come from GStreamer's
+/// streaming threads, which wait here for each block.
+static IO_RUNTIME: LazyLock<Option<tokio::runtime::Runtime>> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("store-io")
+        .enable_all()
+        .build()
+        .ok()
+});
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    match IO_RUNTIME.as_ref() {
+        Some(rt) => rt.block_on(f),
+        None => futures::executor::block_on(f),
+    }
+}
+
 /// Random-access reads of one object, served from cached blocks.
 pub struct BlockCache {
     store: Arc<dyn ObjectStore>,
     path: StorePath,
     size: u64,
     blocks: Mutex<VecDeque<(u64, Bytes)>>,
+    /// Blocks kept: [`CACHE_BLOCKS`], grown by [`BlockCache::fit_read`].
+    capacity: AtomicUsize,
+    /// Every block fetched so far, to count refetches.
+    fetched: Mutex<HashSet<u64>>,
     fetches: AtomicU64,
 }
 
@@ -59,7 +94,8 @@ impl BlockCache {
 
     /// Any object in any store.
     pub fn open(store: Arc<dyn ObjectStore>, path: StorePath) -> Result<Self, MediaError> {
-        let meta = futures::executor::block_on(store.head(&path)).map_err(|e| match e {
+        PROCESS_GETS.fetch_add(1, Ordering::Relaxed); // the HEAD
+        let meta = block_on(store.head(&path)).map_err(|e| match e {
             object_store::Error::NotFound { .. } => {
                 MediaError::permanent(format!("source {path} not found"))
             }
@@ -70,12 +106,29 @@ impl BlockCache {
             path,
             size: meta.size,
             blocks: Mutex::new(VecDeque::with_capacity(CACHE_BLOCKS)),
+            capacity: AtomicUsize::new(CACHE_BLOCKS),
+            fetched: Mutex::new(HashSet::new()),
             fetches: AtomicU64::new(0),
         })
     }
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Blocks the cache keeps now.
+    pub fn capacity(&self) -> usize {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Make room for a read of `len` bytes and the reads around it: a
+    /// demuxer reading a large index in one request (an MP4's moov at the
+    /// end) must find all of it cached if it looks again, and the media
+    /// reads that follow must not evict it. The cache is sized by the
+    /// largest read the demuxer makes, up to [`MAX_CACHE_BLOCKS`].
+    pub fn fit_read(&self, len: u64) {
+        let want = (len.div_ceil(BLOCK_SIZE) as usize + CACHE_BLOCKS).min(MAX_CACHE_BLOCKS);
+        self.capacity.fetch_max(want, Ordering::Relaxed);
     }
 
     /// Ranged GETs issued so far.
@@ -94,11 +147,19 @@ impl BlockCache {
         let start = index * BLOCK_SIZE;
         let end = (start + BLOCK_SIZE).min(self.size);
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let data = futures::executor::block_on(self.store.get_range(&self.path, start..end))
+        if !self
+            .fetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(index)
+        {
+            PROCESS_REFETCHES.fetch_add(1, Ordering::Relaxed);
+        }
+        let data = block_on(self.store.get_range(&self.path, start..end))
             .map_err(|e| MediaError::transient(format!("read {}: {e}", self.path)))?;
         PROCESS_GETS.fetch_add(1, Ordering::Relaxed);
         PROCESS_BYTES.fetch_add(data.len() as u64, Ordering::Relaxed);
-        if blocks.len() == CACHE_BLOCKS {
+        while blocks.len() >= self.capacity() {
             blocks.pop_back();
         }
         blocks.push_front((index, data.clone()));
@@ -121,9 +182,51 @@ impl BlockCache {
 /// The element a pipeline reads a job's source through: the same checks as
 /// for a plain file (one-line permanent errors), then a [`CachedSrc`] over a
 /// block cache of the object.
+///
+/// `path` may be an `s3://bucket/key` URL (a work order names an S3 source
+/// so): the object is read with ranged GETs through the same cache, from the
+/// server the environment names (the worker passes its settings on).
 pub(crate) fn source_element(path: &Path) -> Result<gst::Element, MediaError> {
-    super::util::check_readable_file(path)?;
-    Ok(CachedSrc::new(Arc::new(BlockCache::open_local(path)?)).upcast())
+    let cache = match s3_url(path)? {
+        Some(u) => {
+            let store = crate::store::s3::store_from_env(&u.bucket)
+                .map_err(|e| MediaError::permanent(e.to_string()))?;
+            BlockCache::open(store, u.path())?
+        }
+        None => {
+            super::util::check_readable_file(path)?;
+            BlockCache::open_local(path)?
+        }
+    };
+    if cache.size() == 0 {
+        return Err(MediaError::permanent(format!(
+            "{} is empty",
+            path.display()
+        )));
+    }
+    Ok(CachedSrc::new(Arc::new(cache)).upcast())
+}
+
+/// The S3 object a work order's input names, if it is an `s3://` URL.
+fn s3_url(path: &Path) -> Result<Option<crate::store::s3::S3Url>, MediaError> {
+    match path.to_str() {
+        Some(p) if p.starts_with("s3://") => {
+            crate::store::s3::S3Url::parse(p).map_err(|e| MediaError::permanent(e.to_string()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Size of a work order's input (a file or an `s3://` object); 0 if unknown.
+/// For timeouts only.
+pub(crate) fn source_size(path: &Path) -> u64 {
+    match s3_url(path) {
+        Ok(Some(u)) => crate::store::s3::store_from_env(&u.bucket)
+            .ok()
+            .and_then(|s| block_on(s.head(&u.path())).ok())
+            .map_or(0, |m| m.size),
+        _ => std::fs::metadata(path).map_or(0, |m| m.len()),
+    }
 }
 
 gst::glib::wrapper! {
@@ -244,6 +347,7 @@ mod imp {
             if offset >= cache.size() {
                 return Err(gst::FlowError::Eos);
             }
+            cache.fit_read(u64::from(length));
             let mut filled = 0usize;
             {
                 let mut map = buffer.map_writable().map_err(|_| gst::FlowError::Error)?;
@@ -310,6 +414,39 @@ mod tests {
         assert!(cache.read_at(data.len() as u64, 10).unwrap().is_empty());
         let tail = cache.read_at(data.len() as u64 - 4, 100).unwrap();
         assert_eq!(tail.len(), 4);
+        // One large read grows the cache to hold it (and no more than the cap).
+        assert_eq!(cache.capacity(), CACHE_BLOCKS);
+        cache.fit_read(40 * BLOCK_SIZE + 1);
+        assert_eq!(cache.capacity(), 41 + CACHE_BLOCKS);
+        cache.fit_read(10 * BLOCK_SIZE);
+        assert_eq!(cache.capacity(), 41 + CACHE_BLOCKS, "never shrinks");
+        cache.fit_read(u64::MAX / 2);
+        assert_eq!(cache.capacity(), MAX_CACHE_BLOCKS);
+        assert_eq!(process_refetches(), 0);
+
+        // A large index read in one request (an MP4's moov of 40 blocks at
+        // the end), then nearly a default cache's worth of media blocks,
+        // then the index again: sized by that read, the cache still has
+        // all of it (a default-sized one would fetch it again).
+        let big = dir.path().join("big");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(BLOCK_SIZE * 80).unwrap();
+        let cache = BlockCache::open_local(&big).unwrap();
+        let moov = 40 * BLOCK_SIZE;
+        cache.fit_read(40 * BLOCK_SIZE);
+        let mut at = moov;
+        while at < 80 * BLOCK_SIZE {
+            at += cache.read_at(at, 1 << 20).unwrap().len() as u64;
+        }
+        for i in 0..(CACHE_BLOCKS as u64 - 1) {
+            cache.read_at(i * BLOCK_SIZE, 100).unwrap();
+        }
+        let fetched = cache.fetches();
+        for i in 40..80 {
+            cache.read_at(i * BLOCK_SIZE, 100).unwrap();
+        }
+        assert_eq!(cache.fetches(), fetched, "the index was fetched twice");
+        assert_eq!(process_refetches(), 0);
         match BlockCache::open_local(&dir.path().join("missing")) {
             Err(e) => assert!(e.permanent, "{e}"),
             Ok(_) => panic!("missing source opened"),

@@ -97,6 +97,8 @@ pub struct WorkerArgs {
     /// Apply streams/buckets at start (idempotent) instead of requiring them.
     #[arg(long)]
     pub apply_streams: bool,
+    #[command(flatten)]
+    pub s3: crate::store::s3::S3Args,
 }
 
 impl WorkerArgs {
@@ -187,6 +189,8 @@ pub(crate) struct Worker {
     js: jetstream::Context,
     ledger: Ledger,
     roots: FileRoots,
+    /// The S3 buckets this worker may use.
+    s3: crate::store::s3::S3Access,
     /// Stop pulling new work.
     shutdown: CancellationToken,
     /// Drain time is over: kill children and hand their tasks back.
@@ -223,6 +227,24 @@ impl Worker {
         }
         entry.1 += 1;
         entry.0.clone()
+    }
+
+    /// The input a media child reads for source `url`: a local file under
+    /// the file roots, or an `s3://` URL of an allowed bucket (the child
+    /// reads it through its block cache).
+    fn source_input(&self, url: &str) -> Result<PathBuf> {
+        match self.s3.check(url)? {
+            Some(_) => Ok(PathBuf::from(url)),
+            None => self.roots.source_path(url),
+        }
+    }
+
+    /// Check that an output URL is one this worker may write.
+    fn check_output(&self, url: &str) -> Result<()> {
+        match self.s3.check(url)? {
+            Some(_) => Ok(()),
+            None => self.roots.output_dir(url).map(|_| ()),
+        }
     }
 
     fn release_job(&self, job: &str) {
@@ -301,6 +323,7 @@ pub async fn run_until(
             format!("worker id {id:?} must match [A-Za-z0-9_-]{{1,64}}"),
         ));
     }
+    supervise::set_child_env(args.s3.child_env());
     let mut opts = opts;
     opts.name = Some(format!("jetcode-worker {id}"));
     let nats = opts.connect().await?;
@@ -345,6 +368,7 @@ pub async fn run_until(
         js,
         ledger,
         roots,
+        s3: crate::store::s3::S3Access::new(args.s3.clone()),
         shutdown: shutdown.clone(),
         abort: abort.clone(),
         cancels: Mutex::new(HashMap::new()),
@@ -401,6 +425,7 @@ pub async fn run_until(
         slots,
         health = %health_addr.map(|a| a.to_string()).unwrap_or_default(),
         roots = ?w.roots.roots(),
+        s3_buckets = ?w.s3.args().buckets,
         "worker ready"
     );
 

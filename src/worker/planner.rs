@@ -68,7 +68,7 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         return Ok(());
     }
 
-    let source = match w.roots.source_path(&spec.source) {
+    let source = match w.source_input(&spec.source) {
         Ok(p) => p,
         Err(e) => return reject(w, &id, Some(spec), e.to_string()).await,
     };
@@ -78,17 +78,21 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
             return reject(w, &id, Some(spec), reason).await;
         }
     }
-    let out_dir = match w.roots.output_dir(&spec.output) {
-        Ok(p) => p,
-        Err(e) => return reject(w, &id, Some(spec), e.to_string()).await,
-    };
-    // Symlinks resolved: the spec's own check is lexical.
-    if source.starts_with(&out_dir) {
-        let reason = format!(
-            "output {} contains the source {}: a job must not write where it reads",
-            spec.output, spec.source
-        );
-        return reject(w, &id, Some(spec), reason).await;
+    if let Err(e) = w.check_output(&spec.output) {
+        return reject(w, &id, Some(spec), e.to_string()).await;
+    }
+    // Symlinks resolved: the spec's own check is lexical. (Object stores
+    // have no links; the spec's check covers them.)
+    if crate::store::local_path(&spec.output).is_some() {
+        if let Ok(out_dir) = w.roots.output_dir(&spec.output) {
+            if source.starts_with(&out_dir) {
+                let reason = format!(
+                    "output {} contains the source {}: a job must not write where it reads",
+                    spec.output, spec.source
+                );
+                return reject(w, &id, Some(spec), reason).await;
+            }
+        }
     }
     let work = serde_json::to_string(&source).unwrap_or_default();
     let outcome = supervise::run(ChildSpec {
@@ -105,6 +109,9 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         on_frames: &|_| {},
     })
     .await;
+    if let Outcome::Done { summary, .. } = &outcome {
+        super::tasks::count_source_reads("probe", "probe", summary);
+    }
     let facts: SourceFacts = match outcome {
         Outcome::Done { summary, .. } => match serde_json::from_value(summary) {
             Ok(f) => f,

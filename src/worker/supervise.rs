@@ -91,6 +91,14 @@ fn child_program() -> std::io::Result<std::path::PathBuf> {
     std::env::current_exe()
 }
 
+/// Extra environment of every media child (the worker's S3 settings).
+static CHILD_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Set [`CHILD_ENV`] once, at worker start.
+pub(crate) fn set_child_env(env: Vec<(String, String)>) {
+    let _ = CHILD_ENV.set(env);
+}
+
 /// Spawn and supervise. Never panics; every failure is an [`Outcome`].
 pub async fn run(spec: ChildSpec<'_>) -> Outcome {
     match child_program() {
@@ -102,6 +110,9 @@ pub async fn run(spec: ChildSpec<'_>) -> Outcome {
 async fn run_program(program: std::path::PathBuf, spec: ChildSpec<'_>) -> Outcome {
     let started = Instant::now();
     let mut cmd = Command::new(program);
+    if let Some(env) = CHILD_ENV.get() {
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    }
     match stall_failpoint(spec.kind) {
         Some(()) => cmd.args(["media", "stall", "--task", "{}"]),
         // The order goes in on stdin: a long chunk's or a long plan's

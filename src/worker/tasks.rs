@@ -81,6 +81,7 @@ pub(super) async fn handle(w: &Worker, msg: jetstream::Message) {
         Err(e) => Verdict::Retry(e.to_string()),
     };
     w.release_job(&task.job);
+    metrics::counter!(m::S3_REQUESTS).absolute(crate::store::s3::request_stats().0);
     if !matches!(verdict, Verdict::NotForMe(_)) {
         w.local_failures.store(0, Ordering::Relaxed);
     }
@@ -393,13 +394,14 @@ async fn run_task(
             },
         )
         .await;
-    let out_dir = match w.roots.output_dir(&task.output) {
-        Ok(d) => d,
+    let target = match Target::of(w, &task.job, &task.output) {
+        Ok(t) => t,
         Err(e) => return Ok(Verdict::NotForMe(e.to_string())),
     };
+    let out_dir = target.dir.clone();
     let input = match &task.body {
         TaskBody::Stitch { .. } => None,
-        _ => match w.roots.source_path(&task.source) {
+        _ => match w.source_input(&task.source) {
             Ok(p) => Some(p),
             Err(e) => return Ok(Verdict::NotForMe(e.to_string())),
         },
@@ -515,7 +517,7 @@ async fn run_task(
     if kind == "stitch" {
         // Bounded like the child: hung storage must not hold the stitch
         // (kept ours by progress acks) forever.
-        match tokio::time::timeout(limits.total, verify_parts(w, &rec, &out_dir)).await {
+        match tokio::time::timeout(limits.total, verify_parts(w, &rec, &target)).await {
             Ok(verified) => {
                 if let Err(reason) = verified? {
                     return Ok(Verdict::Fail(reason));
@@ -561,11 +563,14 @@ async fn run_task(
             frames,
             seconds,
             summary,
-        } => (
-            frames,
-            seconds,
-            summary.get("decoded").and_then(|d| d.as_u64()),
-        ),
+        } => {
+            count_source_reads(kind, &task.id, &summary);
+            (
+                frames,
+                seconds,
+                summary.get("decoded").and_then(|d| d.as_u64()),
+            )
+        }
         Outcome::Failed { reason, permanent } => {
             return Ok(if permanent {
                 Verdict::Fail(reason)
@@ -583,12 +588,18 @@ async fn run_task(
         }
     };
     metrics::histogram!(m::TASK_SECONDS, m::LABEL_KIND => kind).record(secs);
-    // Each part: its digest, then its checkpoint (`create`: once).
+    if kind == "stitch" {
+        // The outputs are in the scratch directory: upload them (the
+        // manifest last) before the checkpoint says they exist.
+        target.upload_outputs().await?;
+    }
+    // Each part: durable in its store, its digest, then its checkpoint
+    // (`create`: once).
     for (part, path, part_frames) in &parts {
         let frames = part_frames.unwrap_or(frames);
         let (bytes, sha256) = match path {
             Some(p) => {
-                let (size, digest) = digest_blocking(p).await?;
+                let (size, digest) = target.place_part(p).await?;
                 (Some(size), Some(digest))
             }
             None => (None, None),
@@ -608,6 +619,9 @@ async fn run_task(
             // first: its event was sent then.
             tracing::info!(job = %task.job, task = %part, "already checkpointed");
             continue;
+        }
+        if let Some(p) = path {
+            target.drop_local_part(p);
         }
         w.tasks_done.fetch_add(1, Ordering::Relaxed);
         w.ledger
@@ -657,12 +671,15 @@ async fn stop_when_job_ends(
 
 /// Every part still is what its checkpoint recorded. A part replaced after
 /// its checkpoint (by hand, or a bug) must not be stitched silently.
-/// `Ok(Err(reason))`: a part is missing or changed.
+/// `Ok(Err(reason))`: a part is missing or changed. For an S3 output each
+/// part is first downloaded into the scratch directory, where the stitch
+/// reads it.
 async fn verify_parts(
     w: &Worker,
     rec: &JobRecord,
-    out_dir: &std::path::Path,
+    target: &Target,
 ) -> Result<std::result::Result<(), String>> {
+    let out_dir = &target.dir;
     let (spec, plan) = dispatch::planned(rec)?;
     let parts = dispatch::work_tasks(&rec.id, spec, plan)?
         .iter()
@@ -671,6 +688,9 @@ async fn verify_parts(
     for part in parts {
         let Some(key) = &part.key else { continue };
         let path = out_dir.join(key);
+        if let Err(e) = target.fetch(key, &path).await {
+            return Ok(Err(format!("part {key}: {e}")));
+        }
         let Some(done) = w.ledger.checkpoint_of(&rec.id, &part.id).await? else {
             return Ok(Err(format!("part {} has no checkpoint", part.id)));
         };
@@ -710,7 +730,12 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 /// checkpoint exists runs it again, so a job never stays running behind a
 /// finished stitch.
 pub(super) async fn finish_job(w: &Worker, task: &Task) -> Result<()> {
-    if let Ok(dir) = w.roots.output_dir(&task.output) {
+    if let Ok(Some(_)) = w.s3.check(&task.output) {
+        // Everything is in the bucket: the scratch copy is litter.
+        if let Ok(dir) = w.s3.scratch_dir(&w.id, &task.job) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    } else if let Ok(dir) = w.roots.output_dir(&task.output) {
         remove_partials(&dir.join("parts"));
     }
     let rec = lifecycle::end(&w.ledger, &task.job, End::Done).await?;
@@ -771,6 +796,133 @@ fn remove_partials(dir: &std::path::Path) {
             remove_partials(&path);
         } else if name.starts_with('.') && name.contains(".partial") {
             let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Count a child's source reads (requests, bytes) into the worker's metrics.
+pub(super) fn count_source_reads(kind: &str, task: &str, summary: &serde_json::Value) {
+    if kind == "stitch" {
+        return; // it reads its own parts and outputs, not the source
+    }
+    let get = |k: &str| summary.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let (requests, bytes) = (get("source_gets"), get("source_bytes"));
+    let refetches = get("source_refetches");
+    if requests > 0 {
+        metrics::counter!(m::SOURCE_REQUESTS, m::LABEL_KIND => kind.to_string())
+            .increment(requests);
+        metrics::counter!(m::SOURCE_BYTES, m::LABEL_KIND => kind.to_string()).increment(bytes);
+        metrics::counter!(m::SOURCE_REFETCHES, m::LABEL_KIND => kind.to_string())
+            .increment(refetches);
+        tracing::info!(task, kind, requests, bytes, refetches, "source reads");
+    }
+}
+
+/// Where a task's outputs go. `dir` is where its child writes them: the
+/// output directory itself for `file://`, this worker's scratch directory
+/// of the job for `s3://` (uploaded from there).
+pub(super) struct Target {
+    pub(super) dir: std::path::PathBuf,
+    s3: Option<(
+        crate::store::s3::S3Url,
+        std::sync::Arc<dyn object_store::ObjectStore>,
+    )>,
+}
+
+impl Target {
+    pub(super) fn of(w: &Worker, job: &str, output: &str) -> Result<Target> {
+        match w.s3.check(output)? {
+            Some(url) => Ok(Target {
+                dir: w.s3.scratch_dir(&w.id, job)?,
+                s3: Some((url.clone(), w.s3.store(&url.bucket)?)),
+            }),
+            None => Ok(Target {
+                dir: w.roots.output_dir(output)?,
+                s3: None,
+            }),
+        }
+    }
+
+    fn rel<'a>(&self, path: &'a std::path::Path) -> Result<&'a str> {
+        path.strip_prefix(&self.dir)
+            .ok()
+            .and_then(|p| p.to_str())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Storage,
+                    format!("{} is outside the task's directory", path.display()),
+                )
+            })
+    }
+
+    /// Make the part the child wrote at `path` durable at its
+    /// deterministic key, first writer wins; size and SHA-256 of the copy
+    /// that stays (which, for a late duplicate, is the earlier one).
+    async fn place_part(&self, path: &std::path::Path) -> Result<(u64, String)> {
+        let Some((url, store)) = &self.s3 else {
+            return digest_blocking(path).await;
+        };
+        let key = url.join(self.rel(path)?);
+        if crate::store::s3::put_once(store.as_ref(), &key, path).await? {
+            digest_blocking(path).await
+        } else {
+            tracing::info!(%key, "part already in the bucket: keeping the first copy");
+            crate::store::s3::digest(store.as_ref(), &key).await
+        }
+    }
+
+    /// After its checkpoint an uploaded part's local copy is not needed.
+    /// (Its directory stays: another slot's child may be writing there.)
+    fn drop_local_part(&self, path: &std::path::Path) {
+        if self.s3.is_some() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Bring the object `rel` to `path` (S3 only; a file is already there).
+    async fn fetch(&self, rel: &str, path: &std::path::Path) -> Result<()> {
+        if let Some((url, store)) = &self.s3 {
+            crate::store::s3::download(store.as_ref(), &url.join(rel), path).await?;
+        }
+        Ok(())
+    }
+
+    /// Upload what the stitch wrote (everything but the parts, which are
+    /// in the bucket already, and temp files), `manifest.json` last, so a
+    /// reader that finds the manifest finds every file it lists.
+    async fn upload_outputs(&self) -> Result<()> {
+        let Some((url, store)) = &self.s3 else {
+            return Ok(());
+        };
+        let mut files = Vec::new();
+        collect_outputs(&self.dir, &mut files);
+        files.sort_by_key(|p| p.ends_with(crate::subjects::MANIFEST_KEY));
+        for f in files {
+            let key = url.join(self.rel(&f)?);
+            let size = crate::store::s3::put_file(store.clone(), &key, &f).await?;
+            tracing::info!(%key, size, "output uploaded");
+        }
+        Ok(())
+    }
+}
+
+/// Files under `dir` but not under its `parts/`, skipping hidden temp files.
+fn collect_outputs(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            if name != "parts" {
+                collect_outputs(&path, out);
+            }
+        } else {
+            out.push(path);
         }
     }
 }
