@@ -538,7 +538,8 @@ async fn main() -> Res<()> {
     // Where the CPU of the one-rendition job goes: each stage as one child
     // by itself (the job's fixed work), the rest is what distribution adds.
     eprintln!("[bench] profile");
-    let facts = jetcode::media::probe::probe(&src720)?;
+    // The probe blocks (it may read an object store on its own runtime).
+    let facts = tokio::task::block_in_place(|| jetcode::media::probe::probe(&src720))?;
     let whole = jetcode::plan::plan(
         &facts,
         &jetcode::plan::PlanOptions {
@@ -645,7 +646,7 @@ async fn main() -> Res<()> {
 
     // P8: peak RSS of one encode child vs ffmpeg, 1080p x264 medium.
     eprintln!("[bench] peak RSS");
-    let facts = jetcode::media::probe::probe(&src1080)?;
+    let facts = tokio::task::block_in_place(|| jetcode::media::probe::probe(&src1080))?;
     let whole = jetcode::plan::plan(
         &facts,
         &jetcode::plan::PlanOptions {

@@ -444,10 +444,26 @@ fn check_url(field: &str, raw: &str, p: &mut Vec<String>) {
     }
 }
 
-/// True when the local path of file URL `output` is, or contains, that of
-/// `source` (lexically: the worker resolves symlinks and checks again).
+/// An `s3://bucket/key` URL as `s3:/<bucket>/<key segments>`, a relative
+/// path that compares component-wise and never meets a local path (see
+/// `store::location`). None for other URLs.
+pub fn s3_location(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("s3://")?;
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut p = std::path::PathBuf::from("s3:");
+    p.push(bucket);
+    // Empty segments and "." add nothing.
+    for seg in key.split('/').filter(|s| !s.is_empty() && *s != ".") {
+        p.push(seg);
+    }
+    Some(p)
+}
+
+/// True when `output` is, or contains, `source`: a local path (lexically:
+/// the worker resolves symlinks and checks again) or an S3 bucket and key
+/// prefix (component-wise).
 fn output_holds_source(source: &str, output: &str) -> bool {
-    let path = |u: &str| url::Url::parse(u).ok()?.to_file_path().ok();
+    let path = |u: &str| s3_location(u).or_else(|| url::Url::parse(u).ok()?.to_file_path().ok());
     match (path(source), path(output)) {
         (Some(s), Some(o)) => s.starts_with(o),
         _ => false,
@@ -580,6 +596,18 @@ mod tests {
                 "output contains the source",
             ),
             ("file:///m/a.mp4", "file:///", "output contains the source"),
+            (
+                "s3://media/out/x/r.mp4",
+                "s3://media/out/x/",
+                "output contains the source",
+            ),
+            (
+                "s3://media/in/a.mp4",
+                "s3://media/",
+                "output contains the source",
+            ),
+            ("s3://media/in/a.mp4", "s3://media/in2/", ""),
+            ("s3://media/in/a.mp4", "s3://other/in/", ""),
             (
                 "file:///m/sub/a.mp4",
                 "file:///m",

@@ -129,6 +129,14 @@ pub fn local_path(url: &str) -> Option<PathBuf> {
     Some(existing.canonicalize().ok()?.join(rest))
 }
 
+/// Where a `file://` or `s3://` URL points, comparable with [`overlap`]:
+/// the resolved local path, or `s3:/<bucket>/<key>` (a relative path whose
+/// components are the bucket and the key's segments, so it never meets a
+/// local path). None for anything else.
+pub fn location(url: &str) -> Option<PathBuf> {
+    crate::job::s3_location(url).or_else(|| local_path(url))
+}
+
 /// How directory `a` overlaps directory `b`: `"is"` (the same), `"lies
 /// inside"` or `"contains"`; None when neither holds the other.
 /// Component-wise, so `/out/a` and `/out/ab` do not overlap.
@@ -214,6 +222,27 @@ pub fn commit_file(tmp: &Path, dest: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn s3_locations_compare_by_bucket_and_key_segments() {
+        use super::{location, overlap};
+        let l = |u: &str| location(u).unwrap();
+        assert_eq!(overlap(&l("s3://b/out/a/"), &l("s3://b/out/a")), Some("is"));
+        assert_eq!(
+            overlap(&l("s3://b/out/a/x/"), &l("s3://b/out/a/")),
+            Some("lies inside")
+        );
+        assert_eq!(
+            overlap(&l("s3://b/out/"), &l("s3://b/out/a/")),
+            Some("contains")
+        );
+        assert_eq!(overlap(&l("s3://b/out/ab/"), &l("s3://b/out/a/")), None);
+        assert_eq!(overlap(&l("s3://c/out/a/"), &l("s3://b/out/a/")), None);
+        assert_eq!(
+            overlap(&l("s3://b/"), &std::path::PathBuf::from("/b")),
+            None
+        );
+    }
+
     use super::*;
 
     /// Every way out of the roots we know of, and what each gets.

@@ -363,7 +363,9 @@ async fn stream(
 ) -> Result<u64> {
     count(1);
     let got = store.get(key).await.map_err(|e| match e {
-        object_store::Error::NotFound { .. } => storage(format!("{key}: not found")),
+        object_store::Error::NotFound { .. } => {
+            Error::new(ErrorKind::NotFound, format!("{key}: not found"))
+        }
         e => storage(format!("get {key}: {e}")),
     })?;
     let mut body = got.into_stream();

@@ -45,7 +45,8 @@ pub struct WorkerArgs {
     /// Kill a child whose progress stops for this many seconds.
     #[arg(long, default_value_t = 60.0)]
     pub stall_timeout: f64,
-    /// A task may run this many times its segment duration (at least 300 s).
+    /// A task may run this many times the source seconds it encodes, times
+    /// its renditions (at least 300 s).
     #[arg(long, default_value_t = 30.0)]
     pub task_timeout_factor: f64,
     /// Memory (RLIMIT_DATA) each media child may use, MiB; 0 = unlimited.
@@ -123,14 +124,16 @@ impl WorkerArgs {
         if self.max_width == 0 || self.max_height == 0 || self.max_frames == 0 {
             bad.push("--max-width, --max-height and --max-frames must be at least 1".to_string());
         }
-        for (name, v) in [
-            ("--max-duration", self.max_duration),
-            ("--max-fps", self.max_fps),
-            ("--stall-timeout", self.stall_timeout),
-            ("--task-timeout-factor", self.task_timeout_factor),
+        // Upper bounds keep every duration built from them representable
+        // (a week of stall, a factor of 10,000 on a day-long task).
+        for (name, v, most) in [
+            ("--max-duration", self.max_duration, 1e7),
+            ("--max-fps", self.max_fps, 1e4),
+            ("--stall-timeout", self.stall_timeout, 604_800.0),
+            ("--task-timeout-factor", self.task_timeout_factor, 1e4),
         ] {
-            if !(v.is_finite() && v > 0.0) {
-                bad.push(format!("{name} must be a positive number, not {v}"));
+            if !(v.is_finite() && v > 0.0 && v <= most) {
+                bad.push(format!("{name} must be a number in (0, {most}], not {v}"));
             }
         }
         if bad.is_empty() {

@@ -73,7 +73,7 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         Err(e) => return reject(w, &id, Some(spec), e.to_string()).await,
     };
     // Before output_dir creates anything inside another job's output.
-    if let Some(planned) = crate::store::local_path(&spec.output) {
+    if let Some(planned) = crate::store::location(&spec.output) {
         if let Some(reason) = output_taken(w, &id, &planned).await? {
             return reject(w, &id, Some(spec), reason).await;
         }
@@ -82,7 +82,7 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         return reject(w, &id, Some(spec), e.to_string()).await;
     }
     // Symlinks resolved: the spec's own check is lexical. (Object stores
-    // have no links; the spec's check covers them.)
+    // have no links: the spec's check, which knows s3:// URLs, covers them.)
     if crate::store::local_path(&spec.output).is_some() {
         if let Ok(out_dir) = w.roots.output_dir(&spec.output) {
             if source.starts_with(&out_dir) {
@@ -305,7 +305,7 @@ async fn output_taken(w: &Worker, id: &str, out_dir: &std::path::Path) -> Result
         if rec.state != JobState::Running {
             continue;
         }
-        let Some(theirs) = rec.output.as_deref().and_then(crate::store::local_path) else {
+        let Some(theirs) = rec.output.as_deref().and_then(crate::store::location) else {
             continue;
         };
         if let Some(how) = crate::store::overlap(out_dir, &theirs) {

@@ -614,14 +614,16 @@ async fn run_task(
             decoded,
         };
         let first = w.ledger.checkpoint(&task.job, part, &done).await?;
+        // Placed and checkpointed (by us or an earlier copy): the local
+        // scratch copy of an uploaded part has served either way.
+        if let Some(p) = path {
+            target.drop_local_part(p);
+        }
         if !first {
             // Another copy, or this task's earlier attempt, got there
             // first: its event was sent then.
             tracing::info!(job = %task.job, task = %part, "already checkpointed");
             continue;
-        }
-        if let Some(p) = path {
-            target.drop_local_part(p);
         }
         w.tasks_done.fetch_add(1, Ordering::Relaxed);
         w.ledger
@@ -688,8 +690,14 @@ async fn verify_parts(
     for part in parts {
         let Some(key) = &part.key else { continue };
         let path = out_dir.join(key);
-        if let Err(e) = target.fetch(key, &path).await {
-            return Ok(Err(format!("part {key}: {e}")));
+        match target.fetch(key, &path).await {
+            Ok(_) => {}
+            // Gone from the bucket: a part the stitch cannot have.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Ok(Err(format!("part {key}: {e}")));
+            }
+            // A storage blip (5xx, reset, a full scratch disk): retry.
+            Err(e) => return Err(e),
         }
         let Some(done) = w.ledger.checkpoint_of(&rec.id, &part.id).await? else {
             return Ok(Err(format!("part {} has no checkpoint", part.id)));
