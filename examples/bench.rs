@@ -406,6 +406,19 @@ fn testclip(bin: &Path, path: &Path, seconds: f64, w: u32, h: u32) -> Res<()> {
     Ok(())
 }
 
+/// The plan of `src` as one segment (a single-pass encode).
+fn whole_plan(src: &Path) -> Res<jetcode::plan::Plan> {
+    // The probe blocks (it may read an object store on its own runtime).
+    let facts = tokio::task::block_in_place(|| jetcode::media::probe::probe(src))?;
+    Ok(jetcode::plan::plan(
+        &facts,
+        &jetcode::plan::PlanOptions {
+            target_seconds: 1e9,
+            ..Default::default()
+        },
+    )?)
+}
+
 fn rung(name: &str, height: u32, preset: &str) -> serde_json::Value {
     serde_json::json!({"name": name, "height": height, "crf": 23, "preset": preset})
 }
@@ -538,15 +551,7 @@ async fn main() -> Res<()> {
     // Where the CPU of the one-rendition job goes: each stage as one child
     // by itself (the job's fixed work), the rest is what distribution adds.
     eprintln!("[bench] profile");
-    // The probe blocks (it may read an object store on its own runtime).
-    let facts = tokio::task::block_in_place(|| jetcode::media::probe::probe(&src720))?;
-    let whole = jetcode::plan::plan(
-        &facts,
-        &jetcode::plan::PlanOptions {
-            target_seconds: 1e9,
-            ..Default::default()
-        },
-    )?;
+    let whole = whole_plan(&src720)?;
     let r720: jetcode::job::Rendition = serde_json::from_value(rung("r720", 720, "veryfast"))?;
     let prof = root.join("profile");
     let child = |kind: &str, order: String| -> Res<Cost> {
@@ -646,14 +651,7 @@ async fn main() -> Res<()> {
 
     // P8: peak RSS of one encode child vs ffmpeg, 1080p x264 medium.
     eprintln!("[bench] peak RSS");
-    let facts = tokio::task::block_in_place(|| jetcode::media::probe::probe(&src1080))?;
-    let whole = jetcode::plan::plan(
-        &facts,
-        &jetcode::plan::PlanOptions {
-            target_seconds: 1e9,
-            ..Default::default()
-        },
-    )?;
+    let whole = whole_plan(&src1080)?;
     let medium: jetcode::job::Rendition = serde_json::from_value(rung("r1080", 1080, "medium"))?;
     let work = jetcode::task::SegmentWork::of_plan(
         &whole,

@@ -779,17 +779,7 @@ fn chunk_is_cut_into_parts_at_forced_idrs_for_h265_and_h264() {
     assert_eq!(stats.frames, p.frames);
     for name in ["hevc", "avc"] {
         for (part, s) in parts(name).iter().zip(&p.segments) {
-            let flags: Vec<String> = ffprobe(part, "v:0", "packet=flags", false)
-                .into_iter()
-                .map(|(_, v)| v)
-                .collect();
-            assert_eq!(flags.len() as u64, s.frames(), "{}", part.display());
-            assert!(
-                flags[0].starts_with('K'),
-                "{}: {:?}",
-                part.display(),
-                flags[0]
-            );
+            common::assert_part_starts_with_keyframe(part, s.frames());
         }
     }
 }

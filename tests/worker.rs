@@ -24,6 +24,16 @@ fn task_done_counts(evs: &[Event]) -> HashMap<String, usize> {
     m
 }
 
+/// Segment tasks (not parts) that started, by id.
+fn segment_tasks_started(evs: &[Event]) -> HashSet<String> {
+    evs.iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TaskStarted { task, .. } if task.starts_with("seg-") => Some(task.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn manifest(dir: &Path) -> Manifest {
     serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
 }
@@ -1550,13 +1560,7 @@ async fn ladder_job_decodes_each_segment_once() {
     );
 
     let evs = f.events("ladder").await;
-    let started: HashSet<String> = evs
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::TaskStarted { task, .. } if task.starts_with("seg-") => Some(task.clone()),
-            _ => None,
-        })
-        .collect();
+    let started = segment_tasks_started(&evs);
     assert_eq!(
         started.len(),
         plan.segments.len(),
@@ -1636,33 +1640,14 @@ async fn chunked_encode_cuts_hls_segments_at_forced_idrs() {
     assert_eq!(plan.segments.len(), 6);
     assert_eq!(plan.chunk_segments, 3);
     let evs = f.events("chunks").await;
-    let started: HashSet<String> = evs
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::TaskStarted { task, .. } if task.starts_with("seg-") => Some(task.clone()),
-            _ => None,
-        })
-        .collect();
+    let started = segment_tasks_started(&evs);
     assert_eq!(started.len(), 2, "one task per chunk: {started:?}");
 
     let out = f.out("chunks");
     for r in ["r240", "r120"] {
         for s in &plan.segments {
             let part = out.join(jetcode::subjects::part_key(r, s.index));
-            let flags: Vec<String> = ffprobe_entries(
-                &part,
-                &["-select_streams", "v:0", "-show_entries", "packet=flags"],
-            )
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
-            assert_eq!(flags.len() as u64, s.frames(), "{}", part.display());
-            assert!(
-                flags[0].starts_with('K'),
-                "{} starts with {:?}",
-                part.display(),
-                flags[0]
-            );
+            assert_part_starts_with_keyframe(&part, s.frames());
         }
         let playlist = std::fs::read_to_string(out.join(format!("hls/{r}.m3u8"))).unwrap();
         let durations: Vec<f64> = playlist

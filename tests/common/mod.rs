@@ -664,3 +664,22 @@ pub fn ffprobe_entries(path: &Path, args: &[&str]) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// A part holds `frames` video frames and its first is a keyframe (an IDR
+/// a player can start on), by ffprobe's packet flags.
+pub fn assert_part_starts_with_keyframe(part: &Path, frames: u64) {
+    let flags: Vec<String> = ffprobe_entries(
+        part,
+        &["-select_streams", "v:0", "-show_entries", "packet=flags"],
+    )
+    .into_iter()
+    .map(|(_, v)| v)
+    .collect();
+    assert_eq!(flags.len() as u64, frames, "{}", part.display());
+    assert!(
+        flags[0].starts_with('K'),
+        "{} starts with {:?}",
+        part.display(),
+        flags[0]
+    );
+}
