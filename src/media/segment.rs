@@ -637,6 +637,7 @@ fn run(
         // Hold the first parsed buffer until the driving thread has seeked.
         let tx = Mutex::new(tx.lock().unwrap_or_else(|e| e.into_inner()).clone());
         let blocked_once = Mutex::new(false);
+        let wake = pipeline.downgrade();
         let id = pad.add_probe(
             gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER,
             move |pad, info| {
@@ -653,6 +654,14 @@ fn run(
                             segment,
                             caps: pad.current_caps(),
                         });
+                        // Wake the driving thread now: it would otherwise
+                        // seek at its next 100 ms tick, a tenth of a second
+                        // of every task spent waiting.
+                        if let Some(p) = wake.upgrade() {
+                            let _ = p.post_message(gst::message::Application::new(
+                                gst::Structure::new_empty("jetcode-seek-now"),
+                            ));
+                        }
                     }
                 }
                 gst::PadProbeReturn::Ok
