@@ -123,11 +123,11 @@ pub(crate) fn drive(
     what: &str,
     tick: impl FnMut() -> Result<(), MediaError>,
 ) -> Result<Ended, MediaError> {
-    drive_until(pipeline, timeout, what, |_| false, tick)
+    drive_until(pipeline, timeout, what, is_done_sink_eos, tick)
 }
 
-/// [`drive`], also ending ([`Ended::Done`]) once `finished` says so of a
-/// bus message it was shown.
+/// [`drive`], ending ([`Ended::Done`]) once `finished` says so of a bus
+/// message it was shown instead of at the done sink's EOS.
 pub(crate) fn drive_until(
     pipeline: &gst::Pipeline,
     timeout: Duration,
@@ -164,15 +164,6 @@ fn drive_inner(
             "{what}: cannot start pipeline: {e}"
         )));
     }
-    // Every done sink must have written all it holds (a ladder segment has
-    // one per rendition).
-    let done_sinks = pipeline
-        .iterate_sinks()
-        .into_iter()
-        .flatten()
-        .filter(|e| e.name().starts_with(DONE_SINK))
-        .count();
-    let mut sinks_done = std::collections::HashSet::new();
     let deadline = Instant::now() + timeout;
     loop {
         tick()?;
@@ -193,21 +184,13 @@ fn drive_inner(
         match msg.view() {
             gst::MessageView::Eos(_) => return Ok(Ended::Eos),
             gst::MessageView::Error(err) => return Err(from_gst_error(err)),
-            gst::MessageView::Element(el) => {
-                if let Some(sink) = done_sink_eos(el) {
-                    sinks_done.insert(sink);
-                    if sinks_done.len() >= done_sinks {
-                        return Ok(Ended::Done);
-                    }
-                }
-            }
             _ => {}
         }
     }
 }
 
 /// A file sink for `path` whose EOS ends `pipeline` ([`Ended::Done`]) even
-/// while other branches still run; with several, once all had theirs.
+/// while other branches still run.
 ///
 /// Why the sink's own EOS message, forwarded by the bin, and not a probe on
 /// its sink pad: filesink batches up to 64 KiB and writes the batch when it
@@ -218,10 +201,8 @@ pub(crate) fn done_file_sink(
     path: &Path,
 ) -> Result<gst::Element, MediaError> {
     pipeline.set_property("message-forward", true);
-    static SINKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = SINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     gst::ElementFactory::make("filesink")
-        .name(format!("{DONE_SINK}-{n}"))
+        .name(DONE_SINK)
         .property("location", path.to_string_lossy().as_ref())
         .property("sync", false)
         .property("async", false)
@@ -229,16 +210,22 @@ pub(crate) fn done_file_sink(
         .map_err(|_| MediaError::transient("GStreamer element filesink is not installed"))
 }
 
-/// The done sink a child's EOS message, forwarded by the pipeline, came
-/// from: that sink has handled EOS, so everything it got is written.
-fn done_sink_eos(el: &gst::message::Element) -> Option<String> {
-    let s = el.structure()?;
+/// A child's EOS message, forwarded by the pipeline, from the done sink:
+/// the sink has handled EOS, so everything is written.
+fn is_done_sink_eos(msg: &gst::Message) -> bool {
+    let gst::MessageView::Element(el) = msg.view() else {
+        return false;
+    };
+    let Some(s) = el.structure() else {
+        return false;
+    };
     if s.name() != "GstBinForwarded" {
-        return None;
+        return false;
     }
-    let inner = s.get::<gst::Message>("message").ok()?;
-    let src = inner.src()?.name();
-    (inner.type_() == gst::MessageType::Eos && src.starts_with(DONE_SINK)).then(|| src.to_string())
+    let Ok(inner) = s.get::<gst::Message>("message") else {
+        return false;
+    };
+    inner.type_() == gst::MessageType::Eos && inner.src().is_some_and(|src| src.name() == DONE_SINK)
 }
 
 /// Stream time of `pts` under `seg`, nanoseconds.
