@@ -151,12 +151,21 @@ impl Ledger {
 
     /// True when every part of `task` is checkpointed.
     pub async fn task_done(&self, task: &crate::task::Task) -> Result<bool> {
+        Ok(self.parts_done(task).await?.len() == task.parts().len())
+    }
+
+    /// Ids of the parts of `task` that are checkpointed.
+    pub async fn parts_done(
+        &self,
+        task: &crate::task::Task,
+    ) -> Result<std::collections::HashSet<String>> {
+        let mut done = std::collections::HashSet::new();
         for part in task.parts() {
-            if !self.is_done(&task.job, &part.id).await? {
-                return Ok(false);
+            if self.is_done(&task.job, &part.id).await? {
+                done.insert(part.id);
             }
         }
-        Ok(true)
+        Ok(done)
     }
 
     async fn checkpoint_bytes(&self, job: &str, task: &str) -> Result<Option<bytes::Bytes>> {

@@ -366,7 +366,8 @@ async fn run_task(
         }
         return Ok(Verdict::Ack);
     }
-    if w.ledger.task_done(task).await? {
+    let parts_done = w.ledger.parts_done(task).await?;
+    if parts_done.len() == task.parts().len() {
         // Already checkpointed (a redelivery after a crash before the ack,
         // or a late duplicate): nothing to redo, but the completion step
         // after it may never have run (for a part it runs after the ack).
@@ -435,7 +436,7 @@ async fn run_task(
                 let mut files = Vec::new();
                 for s in &segments {
                     let id = Task::segment_id(&r.name, s.index);
-                    pending |= !w.ledger.is_done(&task.job, &id).await?;
+                    pending |= !parts_done.contains(&id);
                     let file = out_dir.join(subjects::part_key(&r.name, s.index));
                     files.push((id, Some(file), Some(s.frames())));
                 }
@@ -446,11 +447,6 @@ async fn run_task(
                     });
                     parts.extend(files);
                 }
-            }
-            if outputs.is_empty() {
-                // Another copy checkpointed the last parts since we looked:
-                // done (the completion step runs after the ack).
-                return Ok(Verdict::Ack);
             }
             let secs = segments.iter().map(|s| s.duration_ns()).sum::<u64>() as f64
                 * outputs.len() as f64
