@@ -242,11 +242,12 @@ impl Worker {
         }
     }
 
-    /// Check that an output URL is one this worker may write.
-    fn check_output(&self, url: &str) -> Result<()> {
+    /// Check that an output URL is one this worker may write; the local
+    /// directory (created, symlinks resolved) of a `file://` output.
+    fn check_output(&self, url: &str) -> Result<Option<PathBuf>> {
         match self.s3.check(url)? {
-            Some(_) => Ok(()),
-            None => self.roots.output_dir(url).map(|_| ()),
+            Some(_) => Ok(None),
+            None => self.roots.output_dir(url).map(Some),
         }
     }
 

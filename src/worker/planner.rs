@@ -78,21 +78,18 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
             return reject(w, &id, Some(spec), reason).await;
         }
     }
-    if let Err(e) = w.check_output(&spec.output) {
-        return reject(w, &id, Some(spec), e.to_string()).await;
-    }
+    let out_dir = match w.check_output(&spec.output) {
+        Ok(d) => d,
+        Err(e) => return reject(w, &id, Some(spec), e.to_string()).await,
+    };
     // Symlinks resolved: the spec's own check is lexical. (Object stores
     // have no links: the spec's check, which knows s3:// URLs, covers them.)
-    if crate::store::local_path(&spec.output).is_some() {
-        if let Ok(out_dir) = w.roots.output_dir(&spec.output) {
-            if source.starts_with(&out_dir) {
-                let reason = format!(
-                    "output {} contains the source {}: a job must not write where it reads",
-                    spec.output, spec.source
-                );
-                return reject(w, &id, Some(spec), reason).await;
-            }
-        }
+    if out_dir.is_some_and(|d| source.starts_with(d)) {
+        let reason = format!(
+            "output {} contains the source {}: a job must not write where it reads",
+            spec.output, spec.source
+        );
+        return reject(w, &id, Some(spec), reason).await;
     }
     let work = serde_json::to_string(&source).unwrap_or_default();
     let outcome = supervise::run(ChildSpec {
