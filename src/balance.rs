@@ -425,6 +425,153 @@ pub fn compare(
     }
 }
 
+/// What a task costs a slot beyond its encoding, seconds: child start,
+/// dynamic loading, fresh memory, the encoder's ramp-up and its flush,
+/// the part check. Measured (BENCHMARKS.md, "Fixed cost of a task" and
+/// "Where the CPU of the 720p job goes"): 0.13 slot-seconds per task at
+/// 144p, 0.19 CPU-seconds (two threads) per chunk at 720p.
+pub const TASK_OVERHEAD_SECONDS: f64 = 0.15;
+/// How far a worker's real speed may differ from the one its heartbeat
+/// reported, for [`segments_per_chunk`]'s robustness check.
+pub const SPEED_JITTER: f64 = 0.2;
+
+/// Most segments [`segments_per_chunk`] puts in one chunk (it simulates
+/// every count up to this; a 30 s chunk of 1 s segments is 30).
+pub const MAX_SEGMENTS_PER_CHUNK: usize = 64;
+
+/// The inputs of [`segments_per_chunk`].
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkChoice<'a> {
+    /// Duration of each delivery segment in time order, seconds.
+    pub segments: &'a [f64],
+    /// The live fleet; a slot's speed in seconds of source per second.
+    pub fleet: &'a [Capacity],
+    /// Longest chunk, seconds (whole segments; at least one segment).
+    pub max_seconds: f64,
+    /// Slot-seconds each task costs beyond its encoding.
+    pub task_overhead: f64,
+    /// A worker may run this much slower or faster than reported (0.2: 20 %).
+    pub jitter: f64,
+}
+
+/// How many consecutive segments one task should encode: the chunking
+/// whose pull-dispatch makespan on the live fleet, each task paying
+/// `task_overhead`, is shortest on average while each worker's speed
+/// wanders up to `jitter` from its heartbeat's; among those within 1 % of
+/// the best, the one with the fewest tasks (each task costs CPU: its overhead and an extra
+/// IDR frame). The worst-case bound of [`chunk_plan`] asks for about
+/// `(V / v_min - 1) / excess` chunks whatever the overhead (10 chunks for
+/// two equal slots); simulating the fleet it has shows when fewer do as
+/// well (two 30 s chunks for two equal slots and a 60 s clip). Pure.
+pub fn segments_per_chunk(c: &ChunkChoice) -> usize {
+    let n = c.segments.len();
+    if n <= 1 {
+        return 1;
+    }
+    let total: f64 = c.segments.iter().sum();
+    let mean = total / n as f64;
+    let k_max = if mean > 0.0 && mean.is_finite() && c.max_seconds.is_finite() {
+        ((c.max_seconds / mean + 1e-9).floor() as usize).clamp(1, n.min(MAX_SEGMENTS_PER_CHUNK))
+    } else {
+        1
+    };
+    let mut fleet: Vec<Capacity> = c
+        .fleet
+        .iter()
+        .copied()
+        .filter(|f| f.slots > 0 && f.speed > 0.0 && f.speed.is_finite())
+        .collect();
+    if fleet.is_empty() {
+        fleet.push(Capacity {
+            slots: 1,
+            speed: 1.0,
+        });
+    }
+    let slots: u64 = fleet.iter().map(|f| f.slots as u64).sum();
+    // Many chunks per slot: the tail is noise next to the job, and the
+    // fewest tasks win. Also keeps the simulation below cheap.
+    if n.div_ceil(k_max) as u64 >= 32 * slots {
+        return k_max;
+    }
+    let overhead = c.task_overhead.max(0.0);
+    let jitter = c.jitter.clamp(0.0, 0.95);
+    // The fleet as reported and 15 variations of it, every worker's speed
+    // off by up to `jitter` either way (a fixed pseudo-random sequence:
+    // the pick is deterministic). Averaging over them keeps the pick from
+    // trusting a lucky alignment of chunk ends that a real fleet, whose
+    // speeds wander, would not reproduce.
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut unit = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let scenarios: Vec<Vec<f64>> = (0..16)
+        .map(|s| {
+            fleet
+                .iter()
+                .flat_map(|f| {
+                    let factor = if s == 0 {
+                        1.0
+                    } else {
+                        1.0 + jitter * (2.0 * unit() - 1.0)
+                    };
+                    std::iter::repeat_n(f.speed * factor, f.slots as usize)
+                })
+                .collect()
+        })
+        .collect();
+    let estimate = |k: usize| -> f64 {
+        let chunks: Vec<f64> = c.segments.chunks(k).map(|g| g.iter().sum()).collect();
+        scenarios
+            .iter()
+            .map(|speeds| pull_makespan(speeds, &chunks, overhead))
+            .sum::<f64>()
+            / scenarios.len() as f64
+    };
+    let est: Vec<(usize, f64)> = (1..=k_max).map(|k| (k, estimate(k))).collect();
+    let best = est.iter().map(|e| e.1).fold(f64::INFINITY, f64::min);
+    est.iter()
+        .rev()
+        .find(|e| e.1 <= best * 1.01)
+        .map_or(k_max, |e| e.0)
+}
+
+/// Makespan of pull dispatch of `chunks` (seconds of source, in queue
+/// order) over slots of the given speeds, each task also costing
+/// `overhead` seconds: the earliest free slot (lowest index on a tie)
+/// takes the next chunk.
+fn pull_makespan(speeds: &[f64], chunks: &[f64], overhead: f64) -> f64 {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    #[derive(PartialEq)]
+    struct At(f64);
+    impl Eq for At {}
+    impl PartialOrd for At {
+        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(o))
+        }
+    }
+    impl Ord for At {
+        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+            self.0.total_cmp(&o.0)
+        }
+    }
+    let mut free: BinaryHeap<Reverse<(At, usize)>> =
+        (0..speeds.len()).map(|i| Reverse((At(0.0), i))).collect();
+    let mut end: f64 = 0.0;
+    for &p in chunks {
+        let Some(Reverse((At(t), i))) = free.pop() else {
+            return f64::INFINITY;
+        };
+        let done = t + overhead + p / speeds[i];
+        end = end.max(done);
+        free.push(Reverse((At(done), i)));
+    }
+    end
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +591,155 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol
+    }
+
+    #[test]
+    fn balance_segments_per_chunk() {
+        let uniform = |slots: u32, speed: f64| vec![Capacity { slots, speed }];
+        let pick = |segs: &[f64], fleet: &[Capacity], max: f64| {
+            segments_per_chunk(&ChunkChoice {
+                segments: segs,
+                fleet,
+                max_seconds: max,
+                task_overhead: TASK_OVERHEAD_SECONDS,
+                jitter: SPEED_JITTER,
+            })
+        };
+        let tens = [10.0; 6]; // a 60 s clip in 10 s segments
+        let sixes = [6.0; 100]; // 10 min in 6 s segments
+        let twos = [2.0; 150]; // 300 s in 2 s segments
+        let mixed = vec![
+            Capacity {
+                slots: 1,
+                speed: 1.0,
+            },
+            Capacity {
+                slots: 1,
+                speed: 2.0,
+            },
+            Capacity {
+                slots: 1,
+                speed: 4.0,
+            },
+        ];
+        let one_big = vec![
+            Capacity {
+                slots: 3,
+                speed: 1.0,
+            },
+            Capacity {
+                slots: 1,
+                speed: 8.0,
+            },
+        ];
+        // (what, segments, fleet, max chunk s) -> segments per chunk
+        type Row<'a> = (&'a str, &'a [f64], Vec<Capacity>, f64, usize);
+        let table: Vec<Row> = vec![
+            (
+                "two equal slots: one 30 s chunk each",
+                &tens,
+                uniform(2, 6.0),
+                30.0,
+                3,
+            ),
+            (
+                "one slot: the longest chunks",
+                &tens,
+                uniform(1, 6.0),
+                30.0,
+                3,
+            ),
+            (
+                "ten slots: every segment its own task",
+                &tens,
+                uniform(10, 1.0),
+                30.0,
+                1,
+            ),
+            (
+                "three slots: two segments each",
+                &tens,
+                uniform(3, 1.0),
+                30.0,
+                2,
+            ),
+            (
+                "10 min on two slots: 30 s chunks",
+                &sixes,
+                uniform(2, 1.0),
+                30.0,
+                5,
+            ),
+            (
+                "10 min on 40 workers: one segment each",
+                &sixes,
+                vec![
+                    Capacity {
+                        slots: 1,
+                        speed: 1.0
+                    };
+                    40
+                ],
+                30.0,
+                1,
+            ),
+            // One 40-slot machine 20 % slow delays every chunk alike: one
+            // wave of 18 s chunks is as good as three of 6 s, with fewer tasks.
+            (
+                "10 min on one 40-slot machine",
+                &sixes,
+                uniform(40, 1.0),
+                30.0,
+                3,
+            ),
+            ("speeds 1, 2, 4", &sixes, mixed.clone(), 30.0, 3),
+            ("speeds 1, 1, 1, 8", &sixes, one_big.clone(), 30.0, 5),
+            (
+                "fast encodes pay the overhead: long chunks",
+                &twos,
+                uniform(2, 50.0),
+                30.0,
+                15,
+            ),
+            ("no fleet known: one slot", &tens, vec![], 30.0, 3),
+            ("the chunk cap wins", &sixes, uniform(1, 1.0), 12.0, 2),
+            ("one segment", &[10.0], uniform(4, 1.0), 30.0, 1),
+            ("none", &[], uniform(4, 1.0), 30.0, 1),
+            (
+                "segments longer than the cap",
+                &tens,
+                uniform(1, 1.0),
+                5.0,
+                1,
+            ),
+        ];
+        for (what, segs, fleet, max, want) in table {
+            assert_eq!(pick(segs, &fleet, max), want, "{what}");
+        }
+        // Many chunks per slot: no simulation, the longest chunks.
+        let long = vec![6.0; 10_000];
+        assert_eq!(pick(&long, &uniform(4, 1.0), 30.0), 5);
+        // Garbage speeds are ignored, not trusted.
+        let bad = vec![Capacity {
+            slots: 2,
+            speed: f64::NAN,
+        }];
+        assert_eq!(pick(&tens, &bad, 30.0), 3);
+    }
+
+    #[test]
+    fn balance_pull_makespan() {
+        // Two slots, speeds 1 and 2, chunks 4, 4, 4, overhead 0:
+        // slot 0 takes the first (ends 4), slot 1 the second (2) and third (4).
+        assert!(close(
+            pull_makespan(&[1.0, 2.0], &[4.0, 4.0, 4.0], 0.0),
+            4.0,
+            1e-12
+        ));
+        // Each task also pays the overhead.
+        assert!(close(pull_makespan(&[1.0], &[1.0, 1.0], 0.5), 3.0, 1e-12));
+        assert_eq!(pull_makespan(&[], &[1.0], 0.0), f64::INFINITY);
+        assert_eq!(pull_makespan(&[1.0], &[], 0.0), 0.0);
     }
 
     #[test]

@@ -355,6 +355,12 @@ impl JobSpec {
 }
 
 impl Rendition {
+    /// Output pixels per frame (a 16:9 width when none is set).
+    pub fn area(&self) -> u64 {
+        let h = self.height as u64;
+        self.width.map_or(h * 16 / 9, u64::from) * h
+    }
+
     fn check(&self, p: &mut Vec<String>) {
         let n = &self.name;
         if !valid_id(n) {

@@ -94,7 +94,7 @@ pub struct AudioFacts {
 }
 
 /// Planner knobs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlanOptions {
     /// Target segment duration, seconds.
     pub target_seconds: f64,
@@ -105,9 +105,10 @@ pub struct PlanOptions {
     /// Encode chunk length asked for, seconds (None: the planner picks,
     /// see [`chunk_segments`]).
     pub chunk_seconds: Option<f64>,
-    /// Fewest chunks the planner's pick leaves (at least [`MIN_CHUNKS`];
-    /// more for a big or uneven fleet, see [`crate::balance::chunk_plan`]).
-    pub min_chunks: usize,
+    /// The live fleet the job will run on (a slot's speed in seconds of
+    /// source per second), for the planner's chunk pick; None: unknown,
+    /// chunks of about [`CHUNK_TARGET_SECONDS`] while [`MIN_CHUNKS`] remain.
+    pub fleet: Option<Vec<crate::balance::Capacity>>,
 }
 
 impl Default for PlanOptions {
@@ -117,7 +118,7 @@ impl Default for PlanOptions {
             min_seconds: crate::job::MIN_SEGMENT_SECONDS,
             balance: 0.10,
             chunk_seconds: None,
-            min_chunks: MIN_CHUNKS,
+            fleet: None,
         }
     }
 }
@@ -131,27 +132,38 @@ pub const CHUNK_TARGET_SECONDS: f64 = 30.0;
 pub const MIN_CHUNKS: usize = 8;
 
 /// Segments per encode chunk (one task encodes that many consecutive
-/// segments in one run, an IDR forced at each segment start): the job's
-/// `chunk_seconds` rounded to whole segments, or the planner's pick,
-/// chunks of about [`CHUNK_TARGET_SECONDS`] while at least `min_chunks`
-/// remain. Never below 1 nor above the segment count. Pure.
+/// segments in one run, an IDR forced at each segment start), given each
+/// segment's duration in seconds: the job's `chunk_seconds` rounded to
+/// whole segments; else, for a known fleet, the chunking that finishes
+/// soonest on it with each task's overhead paid and fewest tasks
+/// ([`crate::balance::segments_per_chunk`], chunks of at most
+/// [`CHUNK_TARGET_SECONDS`]); else chunks of about that while at least
+/// [`MIN_CHUNKS`] remain. Never below 1 nor above the segment count. Pure.
 pub fn chunk_segments(
-    segments: usize,
-    segment_seconds: f64,
+    seconds: &[f64],
     chunk_seconds: Option<f64>,
-    min_chunks: usize,
+    fleet: Option<&[crate::balance::Capacity]>,
 ) -> u32 {
-    if segments == 0 || segment_seconds.is_nan() || segment_seconds <= 0.0 {
+    let n = seconds.len();
+    let mean = seconds.iter().sum::<f64>() / n.max(1) as f64;
+    if n == 0 || !mean.is_finite() || mean <= 0.0 {
         return 1;
     }
-    let k = match chunk_seconds {
-        Some(c) => (c / segment_seconds).round().max(1.0) as usize,
-        None => {
-            let by_length = (CHUNK_TARGET_SECONDS / segment_seconds).floor().max(1.0) as usize;
-            by_length.min((segments / min_chunks.max(1)).max(1))
+    let k = match (chunk_seconds, fleet) {
+        (Some(c), _) => (c / mean).round().max(1.0) as usize,
+        (None, Some(fleet)) => crate::balance::segments_per_chunk(&crate::balance::ChunkChoice {
+            segments: seconds,
+            fleet,
+            max_seconds: CHUNK_TARGET_SECONDS.max(mean),
+            task_overhead: crate::balance::TASK_OVERHEAD_SECONDS,
+            jitter: crate::balance::SPEED_JITTER,
+        }),
+        (None, None) => {
+            let by_length = (CHUNK_TARGET_SECONDS / mean).floor().max(1.0) as usize;
+            by_length.min((n / MIN_CHUNKS).max(1))
         }
     };
-    k.clamp(1, segments) as u32
+    k.clamp(1, n) as u32
 }
 
 /// One segment: frames `[start_frame, end_frame)` and their exact stream times.
@@ -506,13 +518,10 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
             starts_on_keyframe: facts.keyframes.binary_search(&w[0]).is_ok(),
         })
         .collect();
-    let segments_len = segments.len();
-    let mean_seconds = match (segments.first(), segments.last()) {
-        (Some(a), Some(b)) => {
-            b.end_ns.saturating_sub(a.start_ns) as f64 / 1e9 / segments_len as f64
-        }
-        _ => opts.target_seconds,
-    };
+    let seconds: Vec<f64> = segments
+        .iter()
+        .map(|s| s.end_ns.saturating_sub(s.start_ns) as f64 / 1e9)
+        .collect();
     Ok(Plan {
         fps_num: facts.fps_num,
         fps_den: facts.fps_den,
@@ -532,12 +541,7 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
         dropped: Vec::new(),
         audio_channels: facts.audio.as_ref().map_or(0, |a| a.channels),
         audio_stream: facts.audio.as_ref().and_then(|a| a.stream.clone()),
-        chunk_segments: chunk_segments(
-            segments_len,
-            mean_seconds,
-            opts.chunk_seconds,
-            opts.min_chunks,
-        ),
+        chunk_segments: chunk_segments(&seconds, opts.chunk_seconds, opts.fleet.as_deref()),
     })
 }
 
@@ -677,7 +681,8 @@ mod tests {
     #[test]
     fn chunk_sizes() {
         use super::chunk_segments;
-        // (segments, segment seconds, chunk_seconds asked) -> segments per chunk
+        // No fleet known: (segments, segment seconds, chunk_seconds asked)
+        // -> segments per chunk
         let table: &[(usize, f64, Option<f64>, u32)] = &[
             (4, 10.0, None, 1),   // a short job keeps its parallelism
             (10, 6.0, None, 1),   // 60 s: fewer than 2 x MIN_CHUNKS segments
@@ -694,16 +699,32 @@ mod tests {
         ];
         for &(n, secs, asked, want) in table {
             assert_eq!(
-                chunk_segments(n, secs, asked, super::MIN_CHUNKS),
+                chunk_segments(&vec![secs; n], asked, None),
                 want,
                 "{n} x {secs} s, asked {asked:?}"
             );
         }
-        // A fleet that wants more chunks gets shorter ones; a job's own
-        // chunk_seconds wins.
-        assert_eq!(chunk_segments(100, 6.0, None, 30), 3);
-        assert_eq!(chunk_segments(100, 6.0, None, 1000), 1);
-        assert_eq!(chunk_segments(100, 6.0, Some(60.0), 1000), 10);
+        // A known fleet: as many chunks as it finishes soonest with
+        // (crate::balance::segments_per_chunk); a job's own chunk_seconds wins.
+        use crate::balance::Capacity;
+        let workers = |n: usize| {
+            vec![
+                Capacity {
+                    slots: 1,
+                    speed: 4.0
+                };
+                n
+            ]
+        };
+        assert_eq!(chunk_segments(&[10.0; 6], None, Some(&workers(2))), 3);
+        assert_eq!(chunk_segments(&[10.0; 6], None, Some(&workers(6))), 1);
+        assert_eq!(chunk_segments(&[6.0; 100], None, Some(&workers(100))), 1);
+        assert_eq!(
+            chunk_segments(&[6.0; 100], Some(60.0), Some(&workers(100))),
+            10
+        );
+        assert_eq!(chunk_segments(&[f64::NAN; 3], None, Some(&workers(2))), 1);
+        assert_eq!(chunk_segments(&[], None, Some(&workers(2))), 1);
     }
 
     use super::*;

@@ -263,6 +263,13 @@ pub struct Heartbeat {
     pub mem: f32,
     /// Frames encoded per second over the last interval, all slots.
     pub fps: f64,
+    /// Output pixels one slot encodes per second (every rendition of its
+    /// segment tasks), smoothed over recent tasks and kept while idle (0:
+    /// none yet): the planner divides it by a job's pixels per second of
+    /// source to size chunks, so a pace measured on small renditions
+    /// carries over to big ones.
+    #[serde(default)]
+    pub speed: f64,
     pub tasks_done: u64,
     pub started_at: f64,
     pub at: f64,

@@ -20,6 +20,10 @@ fn spec(root: &Path, id: &str, src: &Path) -> JobSpec {
         "output": format!("file://{}/out/{id}/", root.display()),
         "renditions": [r("r180", 180), r("r144", 144)],
         "segment_seconds": 2.0,
+        // One task per segment: many tasks for the kills to hit, and the
+        // same chunks in the calm run (the planner's own pick follows the
+        // fleet's measured speeds, and chunk boundaries change the bytes).
+        "chunk_seconds": 2.0,
     }))
     .unwrap()
 }

@@ -395,8 +395,13 @@ proptest! {
     }
 
     #[test]
-    fn chunk_pick_stays_in_range(segments in 0usize..100_000, secs in any::<f64>(), chunk in proptest::option::of(any::<f64>()), min_chunks in any::<usize>()) {
-        let k = plan::chunk_segments(segments, secs, chunk, min_chunks);
+    fn chunk_pick_stays_in_range(segments in 0usize..5_000, secs in any::<f64>(), chunk in proptest::option::of(any::<f64>()), fleet in proptest::option::of(proptest::collection::vec((any::<u32>(), any::<f64>()), 0..6))) {
+        let fleet: Option<Vec<jetcode::balance::Capacity>> = fleet.map(|f| {
+            f.into_iter()
+                .map(|(slots, speed)| jetcode::balance::Capacity { slots: slots % 64, speed })
+                .collect()
+        });
+        let k = plan::chunk_segments(&vec![secs; segments], chunk, fleet.as_deref());
         prop_assert!(k >= 1 && k as usize <= segments.max(1));
     }
 }

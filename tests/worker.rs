@@ -1323,12 +1323,13 @@ async fn completion_check_lists_checkpoints_about_once_per_job() {
     let f = Fixture::new().await;
     let src = f.clip("in.mp4", 24.0, 320, 180);
     let _w = f.worker("one-slot", &["--slots", "1"]);
-    let spec = f.spec(
+    let mut spec = f.spec(
         "many",
         &src,
         serde_json::json!([small("r120", 120, "ultrafast")]),
         2.0,
     );
+    spec.chunk_seconds = Some(2.0); // one task per segment
     f.client.submit(&spec).await.unwrap();
     let rec = f
         .client
@@ -1363,6 +1364,47 @@ async fn completion_check_lists_checkpoints_about_once_per_job() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert_eq!(encoded, rec.plan.as_ref().unwrap().frames);
+}
+
+/// Without `chunk_seconds` the planner sizes chunks for the live fleet
+/// from the heartbeats: one slot does best with the fewest tasks (here the
+/// whole 24 s clip in one; with no fleet known the default keeps one task
+/// per 2 s segment), and after encoding the heartbeat carries the slot's
+/// measured pace for the next plan.
+#[tokio::test(flavor = "multi_thread")]
+async fn planner_sizes_chunks_for_the_live_fleet() {
+    let f = Fixture::new().await;
+    let src = f.clip("in.mp4", 24.0, 320, 180);
+    let _w = f.worker("one-slot", &["--slots", "1"]);
+    let spec = f.spec(
+        "fleet",
+        &src,
+        serde_json::json!([small("r120", 120, "ultrafast")]),
+        2.0,
+    );
+    f.client.submit(&spec).await.unwrap();
+    let rec = f
+        .client
+        .wait("fleet", Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, JobState::Done, "{:?}", rec.error);
+    let plan = rec.plan.clone().unwrap();
+    assert_eq!(plan.segments.len(), 12);
+    assert_eq!(plan.chunk_segments, 12, "one task for one slot");
+    let started = segment_tasks_started(&f.events("fleet").await);
+    assert_eq!(started.len(), 1, "{started:?}");
+    wait_for(
+        Duration::from_secs(10),
+        "a pace in the heartbeat",
+        || async {
+            f.client
+                .workers()
+                .await
+                .is_ok_and(|w| w.iter().any(|h| h.speed > 0.0))
+        },
+    )
+    .await;
 }
 
 /// SIGTERM while a job is being planned: the drain lets the probe finish
@@ -1535,7 +1577,7 @@ async fn ladder_job_decodes_each_segment_once() {
     // on a keyframe, so its decode needs no earlier frame.
     let src = f.clip("ladder.mp4", 10.0, 640, 360);
     let rungs = ["r360", "r240", "r144"];
-    let spec = f.spec(
+    let mut spec = f.spec(
         "ladder",
         &src,
         serde_json::json!([
@@ -1545,6 +1587,7 @@ async fn ladder_job_decodes_each_segment_once() {
         ]),
         2.0,
     );
+    spec.chunk_seconds = Some(2.0); // one task per segment
     f.client.submit(&spec).await.unwrap();
     let _w = f.worker("w1", &[]);
     let rec = f

@@ -51,6 +51,27 @@ impl Sampler {
 }
 
 impl Worker {
+    /// Fold one segment task's pace (output pixels per second of its
+    /// slot) into [`Heartbeat::speed`]: an exponential average, so one
+    /// odd task (a cold cache, a busy neighbour) moves it a third.
+    pub(super) fn record_speed(&self, pixels: f64, seconds: f64) {
+        if !(pixels > 0.0 && pixels.is_finite() && seconds.is_finite() && seconds > 0.0) {
+            return;
+        }
+        let sample = pixels / seconds;
+        let _ = self
+            .speed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let old = f64::from_bits(bits);
+                let new = if old > 0.0 {
+                    old + (sample - old) / 3.0
+                } else {
+                    sample
+                };
+                Some(new.to_bits())
+            });
+    }
+
     pub(super) fn heartbeat(&self, cpu: f32, rss: u64, mem: f32, fps: f64) -> Heartbeat {
         let slots = self.args.slots();
         Heartbeat {
@@ -63,6 +84,7 @@ impl Worker {
             rss,
             mem,
             fps,
+            speed: f64::from_bits(self.speed.load(Ordering::Relaxed)),
             tasks_done: self.tasks_done.load(Ordering::Relaxed),
             started_at: self.started_at,
             at: now(),

@@ -205,6 +205,8 @@ pub(crate) struct Worker {
     /// scaler see a slot free up at once, not up to 3 s later.
     busy_changed: tokio::sync::Notify,
     frames: AtomicU64,
+    /// [`Heartbeat::speed`] as f64 bits.
+    speed: AtomicU64,
     tasks_done: AtomicU64,
     /// Tasks in a row this worker could not run (paths outside its roots,
     /// a missing mount); at [`LOCAL_FAILURES_UNREADY`] /readyz says no.
@@ -379,6 +381,7 @@ pub async fn run_until(
         busy: AtomicU32::new(0),
         busy_changed: tokio::sync::Notify::new(),
         frames: AtomicU64::new(0),
+        speed: AtomicU64::new(0f64.to_bits()),
         tasks_done: AtomicU64::new(0),
         local_failures: AtomicU32::new(0),
         ready: AtomicBool::new(false),

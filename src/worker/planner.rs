@@ -138,17 +138,22 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         tracing::warn!(job = %id, "rejected: {reason}");
         return reject(w, &id, Some(spec), reason).await;
     }
+    let (ladder, dropped) = plan::ladder(&spec.resolved_renditions()?, &facts);
+    let pixels: u64 = ladder
+        .iter()
+        .map(|r| r.width as u64 * r.height as u64)
+        .sum();
     let opts = PlanOptions {
         target_seconds: spec.segment_seconds(),
         chunk_seconds: spec.chunk_seconds,
-        min_chunks: fleet_min_chunks(w, &facts, spec.segment_seconds()).await,
+        fleet: live_fleet(w, &facts, pixels).await,
         ..Default::default()
     };
     let mut p = match plan::plan(&facts, &opts) {
         Ok(p) => p,
         Err(e) => return reject(w, &id, Some(spec), e.to_string()).await,
     };
-    (p.ladder, p.dropped) = plan::ladder(&spec.resolved_renditions()?, &facts);
+    (p.ladder, p.dropped) = (ladder, dropped);
     for d in &p.dropped {
         tracing::info!(job = %id, rendition = %d.name, "rendition dropped: {}", d.reason);
     }
@@ -335,48 +340,127 @@ async fn publish_tasks(w: &Worker, id: &str, spec: &JobSpec, p: &plan::Plan) -> 
     crate::dispatch::publish(&w.js, &crate::dispatch::work_tasks(id, spec, p)?, None).await
 }
 
-/// Fewest chunks for the live fleet: enough that the slowest slot's last
-/// chunk cannot stretch the job past 10 % over the ideal (see
-/// [`crate::balance::chunk_plan`]), never fewer than [`plan::MIN_CHUNKS`].
-/// A slot's speed is its worker's recent frames per second per slot; a
-/// worker that has not encoded lately counts at the fleet's median speed.
-/// Without heartbeats (within 2 s) the default stands.
-async fn fleet_min_chunks(w: &Worker, facts: &SourceFacts, segment_seconds: f64) -> usize {
-    let fleet = match tokio::time::timeout(Duration::from_secs(2), w.ledger.workers()).await {
-        Ok(Ok(f)) => f,
-        _ => return plan::MIN_CHUNKS,
+/// The live fleet for the planner's chunk pick: each worker's slots and
+/// speed in seconds of source per second per slot: its heartbeat's
+/// smoothed per-slot pace in output pixels per second ÷ the job's
+/// (`pixels` per frame of its whole ladder × the source's frame rate). A
+/// worker that has not encoded yet counts at the fleet's median; with no
+/// pace known at all, real time. None without heartbeats (within 2 s):
+/// the default pick.
+async fn live_fleet(
+    w: &Worker,
+    facts: &SourceFacts,
+    pixels: u64,
+) -> Option<Vec<crate::balance::Capacity>> {
+    let fleet = tokio::time::timeout(Duration::from_secs(2), w.ledger.workers())
+        .await
+        .ok()?
+        .ok()?;
+    let source_fps = if facts.fps_den > 0 && facts.fps_num > 0 {
+        facts.fps_num as f64 / facts.fps_den as f64
+    } else {
+        return None;
     };
+    let live = fleet_capacity(&fleet, pixels as f64 * source_fps);
+    (!live.is_empty()).then_some(live)
+}
+
+/// Slots and speed (seconds of source per second per slot) of every live
+/// worker for a job of `per_source_second` output pixels per second of
+/// source; see [`live_fleet`]. Pure.
+fn fleet_capacity(
+    fleet: &[crate::record::Heartbeat],
+    per_source_second: f64,
+) -> Vec<crate::balance::Capacity> {
     let live: Vec<_> = fleet
         .iter()
         .filter(|h| !h.draining && h.slots > 0)
         .collect();
-    let mut known: Vec<f64> = live
-        .iter()
-        .filter(|h| h.fps > 0.0)
-        .map(|h| h.fps / h.slots as f64)
-        .collect();
+    let speed = |h: &crate::record::Heartbeat| {
+        Some(h.speed / per_source_second).filter(|v| v.is_finite() && *v > 0.0)
+    };
+    let mut known: Vec<f64> = live.iter().filter_map(|h| speed(h)).collect();
     known.sort_by(f64::total_cmp);
     let median = known.get(known.len() / 2).copied().unwrap_or(1.0);
-    let capacity: Vec<crate::balance::Capacity> = live
-        .iter()
+    live.iter()
         .map(|h| crate::balance::Capacity {
             slots: h.slots,
-            speed: if h.fps > 0.0 {
-                h.fps / h.slots as f64
-            } else {
-                median
-            },
+            speed: speed(h).unwrap_or(median),
         })
-        .collect();
-    let rules = crate::balance::ChunkRules {
-        // Chunks are whole segments, at most about the planner's target.
-        min_seconds: segment_seconds,
-        max_seconds: plan::CHUNK_TARGET_SECONDS.max(segment_seconds),
-        ..Default::default()
-    };
-    let duration = facts.duration_ns as f64 / 1e9;
-    crate::balance::chunk_plan(duration, &capacity, &rules)
-        .seconds
-        .len()
-        .max(plan::MIN_CHUNKS)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fleet_capacity;
+    use crate::balance::Capacity;
+    use crate::record::Heartbeat;
+
+    fn hb(slots: u32, speed: f64, draining: bool) -> Heartbeat {
+        Heartbeat {
+            id: "w".into(),
+            host: "h".into(),
+            version: "0".into(),
+            slots,
+            busy: 0,
+            cpu: 0.0,
+            rss: 0,
+            mem: 0.0,
+            fps: 0.0,
+            speed,
+            tasks_done: 0,
+            started_at: 0.0,
+            at: 0.0,
+            draining,
+            health: None,
+        }
+    }
+
+    #[test]
+    fn fleet_speed_is_source_seconds_per_second_per_slot() {
+        // A 1280x720 job at 25 fps: 23.04 Mpx per second of source.
+        let per_s = 1280.0 * 720.0 * 25.0;
+        let cap = |slots, speed| Capacity { slots, speed };
+        let table: Vec<(&str, Vec<Heartbeat>, Vec<Capacity>)> = vec![
+            ("nobody", vec![], vec![]),
+            (
+                "paces become seconds of source per second",
+                vec![hb(2, 2.0 * per_s, false), hb(1, 0.5 * per_s, false)],
+                vec![cap(2, 2.0), cap(1, 0.5)],
+            ),
+            (
+                "no pace yet: the median of the known",
+                vec![
+                    hb(1, per_s, false),
+                    hb(1, 3.0 * per_s, false),
+                    hb(4, 0.0, false),
+                ],
+                vec![cap(1, 1.0), cap(1, 3.0), cap(4, 3.0)],
+            ),
+            (
+                "nothing known: real time",
+                vec![hb(1, 0.0, false)],
+                vec![cap(1, 1.0)],
+            ),
+            (
+                "draining and slotless workers take nothing",
+                vec![hb(1, per_s, true), hb(0, per_s, false), hb(1, per_s, false)],
+                vec![cap(1, 1.0)],
+            ),
+            (
+                "garbage pace",
+                vec![hb(1, f64::NAN, false)],
+                vec![cap(1, 1.0)],
+            ),
+        ];
+        for (what, fleet, want) in table {
+            assert_eq!(fleet_capacity(&fleet, per_s), want, "{what}");
+        }
+        // A job of no pixels (cannot happen) does not divide by zero into
+        // a fleet of infinitely fast workers.
+        assert_eq!(
+            fleet_capacity(&[hb(1, per_s, false)], 0.0),
+            vec![cap(1, 1.0)]
+        );
+    }
 }

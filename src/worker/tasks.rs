@@ -561,11 +561,12 @@ async fn run_task(
             summary,
         } => {
             count_source_reads(kind, &task.id, &summary);
-            (
-                frames,
-                seconds,
-                summary.get("decoded").and_then(|d| d.as_u64()),
-            )
+            let decoded = summary.get("decoded").and_then(|d| d.as_u64());
+            if encodes {
+                let area: u64 = task.renditions().iter().map(|r| r.area()).sum();
+                w.record_speed(decoded.unwrap_or(frames) as f64 * area as f64, seconds);
+            }
+            (frames, seconds, decoded)
         }
         Outcome::Failed { reason, permanent } => {
             return Ok(if permanent {
