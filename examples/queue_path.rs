@@ -43,7 +43,11 @@ async fn main() -> Res<()> {
             subjects::task_msg_id(&run, &format!("t{i}"), None).as_str(),
         );
         js.publish_with_headers(
-            subjects::task(subjects::TaskKind::Segment, &run),
+            subjects::task(
+                subjects::PriorityClass::Normal,
+                subjects::TaskKind::Segment,
+                &run,
+            ),
             headers,
             body.clone().into(),
         )

@@ -60,7 +60,13 @@ async fn main() -> Res<()> {
         rec.plan = Some(p.clone());
         rec.tasks_total = p.segments.len() as u32;
         client.ledger().create_record(&rec).await?;
-        dispatch::publish(&js, &dispatch::work_tasks(&id, &spec, &p)?, None).await?;
+        dispatch::publish(
+            &js,
+            spec.priority_class(),
+            &dispatch::work_tasks(&id, &spec, &p)?,
+            None,
+        )
+        .await?;
     }
     println!(
         "seeded {n} running jobs in {:.1}s",

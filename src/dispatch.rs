@@ -117,9 +117,15 @@ pub fn generation_tag(generation: u32) -> Option<String> {
     (generation > 0).then(|| format!("g{generation}"))
 }
 
-/// Publish tasks with their Msg-Ids (`tag` distinguishes later copies) and
-/// wait until the stream stored every one.
-pub async fn publish(js: &jetstream::Context, tasks: &[Task], tag: Option<&str>) -> Result<()> {
+/// Publish tasks in priority class `class` (a job's, from
+/// [`JobSpec::priority_class`]) with their Msg-Ids (`tag` distinguishes
+/// later copies) and wait until the stream stored every one.
+pub async fn publish(
+    js: &jetstream::Context,
+    class: subjects::PriorityClass,
+    tasks: &[Task],
+    tag: Option<&str>,
+) -> Result<()> {
     let mut acks = Vec::with_capacity(tasks.len());
     for t in tasks {
         let mut headers = async_nats::HeaderMap::new();
@@ -129,9 +135,13 @@ pub async fn publish(js: &jetstream::Context, tasks: &[Task], tag: Option<&str>)
         );
         let body = serde_json::to_vec(t).unwrap_or_default();
         acks.push(
-            js.publish_with_headers(subjects::task(t.kind(), &t.job), headers, body.into())
-                .await
-                .map_err(|e| Error::js("publish task", e))?,
+            js.publish_with_headers(
+                subjects::task(class, t.kind(), &t.job),
+                headers,
+                body.into(),
+            )
+            .await
+            .map_err(|e| Error::js("publish task", e))?,
         );
     }
     for a in acks {
@@ -141,16 +151,22 @@ pub async fn publish(js: &jetstream::Context, tasks: &[Task], tag: Option<&str>)
 }
 
 /// Queued (or in-flight: a work queue keeps a message until it is acked)
-/// task messages of one job, by task kind: (work, stitch).
+/// task messages of one job, by task kind: (work, stitch). Counts every
+/// class and the subject shape before classes (two concurrent requests).
 pub async fn queued(js: &jetstream::Context, job: &str) -> Result<(u64, u64)> {
-    let counts =
-        crate::ledger::subject_counts(js, subjects::TASKS_STREAM, &subjects::tasks_of_job(job))
-            .await
-            .map_err(|e| Error::js("count queued tasks", e))?;
+    let [classed, legacy] = subjects::tasks_of_job(job);
+    let (a, b) = futures::future::join(
+        crate::ledger::subject_counts(js, subjects::TASKS_STREAM, &classed),
+        crate::ledger::subject_counts(js, subjects::TASKS_STREAM, &legacy),
+    )
+    .await;
+    let counts = [a, b]
+        .into_iter()
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::js("count queued tasks", e))?;
     let (mut work, mut stitch) = (0, 0);
-    let stitch_subject = subjects::task(subjects::TaskKind::Stitch, job);
-    for (subject, count) in counts {
-        if subject == stitch_subject {
+    for (subject, count) in counts.into_iter().flatten() {
+        if subjects::kind_of_task_subject(&subject) == Some(subjects::TaskKind::Stitch) {
             stitch += count;
         } else {
             work += count;
@@ -167,10 +183,12 @@ pub async fn purge(js: &jetstream::Context, job: &str) -> Result<()> {
         .get_stream_no_info(subjects::TASKS_STREAM)
         .await
         .map_err(|e| Error::js("open task stream", e))?;
-    stream
-        .purge()
-        .filter(subjects::tasks_of_job(job))
-        .await
-        .map_err(|e| Error::js("purge queued tasks", e))?;
+    for filter in subjects::tasks_of_job(job) {
+        stream
+            .purge()
+            .filter(filter)
+            .await
+            .map_err(|e| Error::js("purge queued tasks", e))?;
+    }
     Ok(())
 }

@@ -58,7 +58,9 @@ pub struct JobSpec {
     /// segments keep `segment_seconds` while the encoder sees long chunks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_seconds: Option<f64>,
-    /// 0 (lowest) to 9 (highest). Informational for now.
+    /// 0 (lowest) to 9 (highest); default 5. Sets the job's class: high
+    /// (7–9), normal (3–6) or low (0–2). Workers start tasks of the
+    /// classes with work in the ratio 4 : 2 : 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
     /// Free-form labels carried into the job record.
@@ -205,6 +207,18 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl JobSpec {
+    /// The priority class the job's tasks are queued in: the one place
+    /// that maps `priority` to a class (planner, completion, retry and the
+    /// reconciler all queue through it).
+    pub fn priority_class(&self) -> crate::subjects::PriorityClass {
+        use crate::subjects::PriorityClass;
+        match self.priority {
+            Some(p) if p >= 7 => PriorityClass::High,
+            Some(p) if p <= 2 => PriorityClass::Low,
+            _ => PriorityClass::Normal,
+        }
+    }
+
     /// Parse and validate a spec from wire bytes (size limit, unknown fields, ranges).
     pub fn from_json(bytes: &[u8]) -> Result<JobSpec, InvalidSpec> {
         if bytes.len() > MAX_SPEC_BYTES {
@@ -497,6 +511,20 @@ mod tests {
         .unwrap();
         assert_eq!(s.formats, vec![OutputFormat::Mp4, OutputFormat::Hls]);
         assert_eq!(s.resolved_renditions().unwrap()[0].height, 720);
+    }
+
+    #[test]
+    fn priority_maps_to_three_classes() {
+        use crate::subjects::PriorityClass::*;
+        let base = r#"{"source":"file:///a.mp4","output":"file:///o/","renditions":["h264-720p"]"#;
+        assert_eq!(spec(&format!("{base}}}")).unwrap().priority_class(), Normal);
+        let want = [
+            Low, Low, Low, Normal, Normal, Normal, Normal, High, High, High,
+        ];
+        for (p, class) in want.into_iter().enumerate() {
+            let s = spec(&format!(r#"{base},"priority":{p}}}"#)).unwrap();
+            assert_eq!(s.priority_class(), class, "priority {p}");
+        }
     }
 
     #[test]

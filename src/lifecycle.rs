@@ -205,6 +205,12 @@ pub async fn queue_unfinished(
     if todo.is_empty() {
         todo.push(dispatch::stitch_task(&rec.id, spec, plan)?);
     }
-    dispatch::publish(ledger.jetstream(), &todo, tag.as_deref()).await?;
+    dispatch::publish(
+        ledger.jetstream(),
+        spec.priority_class(),
+        &todo,
+        tag.as_deref(),
+    )
+    .await?;
     Ok(todo.len() as u32)
 }

@@ -87,9 +87,37 @@ pub fn stream_configs() -> Vec<stream::Config> {
     ]
 }
 
-/// Durable pull consumers: (stream, config).
+/// The task consumer of one priority class. All classes share the ack
+/// settings; their filters partition the task subjects.
+fn task_consumer(class: PriorityClass) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(class.consumer().into()),
+        description: Some(format!(
+            "All workers pull {} priority tasks by free slots",
+            class.as_str()
+        )),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: TASK_ACK_WAIT,
+        max_deliver: -1,
+        max_ack_pending: 10_000,
+        filter_subjects: class.filter_subjects(),
+        ..Default::default()
+    }
+}
+
+/// Durable pull consumers: (stream, config), in apply order. Of the task
+/// consumers `workers` (the normal class) comes first: on an upgrade from
+/// one task consumer, `apply` must narrow `workers` from every task
+/// subject to its class before the work-queue stream accepts another task
+/// consumer (their filters may not overlap).
 pub fn consumer_configs() -> Vec<(&'static str, consumer::pull::Config)> {
-    vec![
+    let mut tasks: Vec<_> = PriorityClass::ALL
+        .into_iter()
+        .map(|c| (TASKS_STREAM, task_consumer(c)))
+        .collect();
+    // `workers` first (see above).
+    tasks.sort_by_key(|(_, c)| c.durable_name.as_deref() != Some(WORKERS_CONSUMER));
+    let mut all = vec![
         (
             JOBS_STREAM,
             consumer::pull::Config {
@@ -99,19 +127,6 @@ pub fn consumer_configs() -> Vec<(&'static str, consumer::pull::Config)> {
                 ack_wait: PLANNER_ACK_WAIT,
                 max_deliver: -1,
                 filter_subject: JOBS_SUBMIT.into(),
-                ..Default::default()
-            },
-        ),
-        (
-            TASKS_STREAM,
-            consumer::pull::Config {
-                durable_name: Some(WORKERS_CONSUMER.into()),
-                description: Some("All workers pull tasks by free slots".into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: TASK_ACK_WAIT,
-                max_deliver: -1,
-                max_ack_pending: 10_000,
-                filter_subject: TASKS_ALL.into(),
                 ..Default::default()
             },
         ),
@@ -128,7 +143,9 @@ pub fn consumer_configs() -> Vec<(&'static str, consumer::pull::Config)> {
                 ..Default::default()
             },
         ),
-    ]
+    ];
+    all.splice(1..1, tasks);
+    all
 }
 
 /// The KV buckets.

@@ -11,8 +11,14 @@ pub const PLANNER_CONSUMER: &str = "planner";
 pub const TASKS_STREAM: &str = "JETCODE_TASKS";
 /// Wildcard covering every task subject.
 pub const TASKS_ALL: &str = "jetcode.tasks.>";
-/// Durable consumer on [`TASKS_STREAM`] shared by all workers.
+/// Durable consumer on [`TASKS_STREAM`] shared by all workers: the normal
+/// priority class (and task subjects of the shape before classes). Keeps
+/// its name so dashboards and autoscalers that watch it keep working.
 pub const WORKERS_CONSUMER: &str = "workers";
+/// Durable consumer of the high priority class.
+pub const WORKERS_HIGH_CONSUMER: &str = "workers-high";
+/// Durable consumer of the low priority class.
+pub const WORKERS_LOW_CONSUMER: &str = "workers-low";
 
 /// Lifecycle and progress events, retained by age.
 pub const EVENTS_STREAM: &str = "JETCODE_EVENTS";
@@ -53,18 +59,85 @@ impl TaskKind {
     }
 }
 
-/// `jetcode.tasks.<kind>.<job>`
-pub fn task(kind: TaskKind, job: &str) -> String {
-    format!("jetcode.tasks.{}.{job}", kind.as_str())
+/// Priority class of a job's tasks; each class has its own subjects and
+/// its own durable consumer, so workers can choose which class to pull
+/// from. A job's class comes from its spec ([`crate::JobSpec::priority_class`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PriorityClass {
+    /// Priority 7–9.
+    High,
+    /// Priority 3–6, and jobs without one.
+    Normal,
+    /// Priority 0–2.
+    Low,
 }
 
-/// The job of a task subject `jetcode.tasks.<kind>.<job>` (job ids have no dots).
+impl PriorityClass {
+    /// Every class, highest first.
+    pub const ALL: [PriorityClass; 3] = [
+        PriorityClass::High,
+        PriorityClass::Normal,
+        PriorityClass::Low,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PriorityClass::High => "high",
+            PriorityClass::Normal => "normal",
+            PriorityClass::Low => "low",
+        }
+    }
+
+    /// The durable consumer on [`TASKS_STREAM`] that delivers this class.
+    pub fn consumer(self) -> &'static str {
+        match self {
+            PriorityClass::High => WORKERS_HIGH_CONSUMER,
+            PriorityClass::Normal => WORKERS_CONSUMER,
+            PriorityClass::Low => WORKERS_LOW_CONSUMER,
+        }
+    }
+
+    /// The task subjects this class's consumer delivers:
+    /// `jetcode.tasks.<class>.>`; the normal class also takes the subjects
+    /// of the shape before classes (`jetcode.tasks.<kind>.<job>`), so tasks
+    /// queued before an upgrade still run. The filters of the three
+    /// consumers never overlap (a work-queue stream requires that).
+    pub fn filter_subjects(self) -> Vec<String> {
+        let mut v = vec![format!("jetcode.tasks.{}.>", self.as_str())];
+        if self == PriorityClass::Normal {
+            for kind in [TaskKind::Segment, TaskKind::Audio, TaskKind::Stitch] {
+                v.push(format!("jetcode.tasks.{}.*", kind.as_str()));
+            }
+        }
+        v
+    }
+}
+
+/// `jetcode.tasks.<class>.<kind>.<job>`
+pub fn task(class: PriorityClass, kind: TaskKind, job: &str) -> String {
+    format!("jetcode.tasks.{}.{}.{job}", class.as_str(), kind.as_str())
+}
+
+/// The job of a task subject, `jetcode.tasks.<class>.<kind>.<job>` or the
+/// shape before classes, `jetcode.tasks.<kind>.<job>` (job ids have no dots).
 pub fn job_of_task_subject(subject: &str) -> Option<&str> {
-    subject
-        .strip_prefix("jetcode.tasks.")?
-        .split_once('.')
-        .map(|(_, job)| job)
-        .filter(|j| !j.is_empty() && !j.contains('.'))
+    let rest = subject.strip_prefix("jetcode.tasks.")?;
+    let tokens = rest.split('.').count();
+    let job = rest.rsplit('.').next()?;
+    ((2..=3).contains(&tokens) && !job.is_empty()).then_some(job)
+}
+
+/// The task kind of a task subject (either shape).
+pub fn kind_of_task_subject(subject: &str) -> Option<TaskKind> {
+    job_of_task_subject(subject)?;
+    let mut rev = subject.rsplit('.');
+    rev.next();
+    match rev.next()? {
+        "segment" => Some(TaskKind::Segment),
+        "audio" => Some(TaskKind::Audio),
+        "stitch" => Some(TaskKind::Stitch),
+        _ => None,
+    }
 }
 
 /// `jetcode.events.<job>`
@@ -82,12 +155,22 @@ pub const CANCEL_ALL: &str = "jetcode.control.cancel.*";
 
 /// Advisory subjects the dead-letter stream captures: tasks that exhausted
 /// their deliveries or were terminated, and specs the planner gave up on.
+/// Every task consumer (one per priority class) counts.
 pub fn dead_letter_subjects() -> Vec<String> {
-    vec![
-        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASKS_STREAM}.{WORKERS_CONSUMER}"),
-        format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{TASKS_STREAM}.{WORKERS_CONSUMER}"),
-        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{PLANNER_CONSUMER}"),
-    ]
+    let mut v = Vec::new();
+    for class in PriorityClass::ALL {
+        let c = class.consumer();
+        v.push(format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASKS_STREAM}.{c}"
+        ));
+        v.push(format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{TASKS_STREAM}.{c}"
+        ));
+    }
+    v.push(format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{PLANNER_CONSUMER}"
+    ));
+    v
 }
 
 /// Msg-Id of a task's fresh copy, published when a worker hands the task
@@ -131,9 +214,13 @@ pub fn end_event_msg_id(job: &str, generation: u32) -> String {
     format!("{job}.end.g{generation}")
 }
 
-/// Every task subject of one job, for counting and purging its queue.
-pub fn tasks_of_job(job: &str) -> String {
-    format!("jetcode.tasks.*.{job}")
+/// Filters covering every task subject of one job, for counting and
+/// purging its queue: every class, and the shape before classes.
+pub fn tasks_of_job(job: &str) -> [String; 2] {
+    [
+        format!("jetcode.tasks.*.*.{job}"),
+        format!("jetcode.tasks.*.{job}"),
+    ]
 }
 
 /// KV bucket of leases (one active reconciler in the fleet), short max_age.
@@ -163,5 +250,77 @@ mod tests {
         assert_eq!(handback_base("job.seg-a-00001.h12.h40"), "job.seg-a-00001");
         assert_eq!(handback_base("job.stitch.g1r2.h7"), "job.stitch.g1r2");
         assert_eq!(handback_base("job-h.hls.hx"), "job-h.hls.hx");
+    }
+
+    #[test]
+    fn task_subjects_carry_the_class_and_old_ones_still_parse() {
+        let s = task(PriorityClass::High, TaskKind::Segment, "j-1");
+        assert_eq!(s, "jetcode.tasks.high.segment.j-1");
+        assert_eq!(job_of_task_subject(&s), Some("j-1"));
+        assert_eq!(job_of_task_subject("jetcode.tasks.audio.j-2"), Some("j-2"));
+        assert_eq!(kind_of_task_subject(&s), Some(TaskKind::Segment));
+        assert_eq!(
+            kind_of_task_subject("jetcode.tasks.stitch.j-2"),
+            Some(TaskKind::Stitch)
+        );
+        assert_eq!(kind_of_task_subject("jetcode.tasks.low.nope.j"), None);
+        assert_eq!(job_of_task_subject("jetcode.tasks.j-3"), None);
+        assert_eq!(job_of_task_subject("jetcode.tasks.a.b.c.d"), None);
+        assert_eq!(job_of_task_subject("jetcode.tasks.low.stitch."), None);
+        assert_eq!(job_of_task_subject("jetcode.events.j"), None);
+    }
+
+    /// What a subject filter matches, NATS rules (`*` one token, `>` the rest).
+    fn matches(filter: &str, subject: &str) -> bool {
+        let (f, s): (Vec<_>, Vec<_>) = (filter.split('.').collect(), subject.split('.').collect());
+        for (i, t) in f.iter().enumerate() {
+            match *t {
+                ">" => return s.len() > i,
+                "*" if i < s.len() => {}
+                t if s.get(i) == Some(&t) => {}
+                _ => return false,
+            }
+        }
+        f.len() == s.len()
+    }
+
+    #[test]
+    fn each_task_subject_goes_to_exactly_one_class_consumer() {
+        let subjects = [
+            (
+                task(PriorityClass::High, TaskKind::Audio, "j"),
+                PriorityClass::High,
+            ),
+            (
+                task(PriorityClass::Normal, TaskKind::Stitch, "j"),
+                PriorityClass::Normal,
+            ),
+            (
+                task(PriorityClass::Low, TaskKind::Segment, "high"),
+                PriorityClass::Low,
+            ),
+            (
+                "jetcode.tasks.segment.low".to_string(),
+                PriorityClass::Normal,
+            ),
+            ("jetcode.tasks.stitch.j".to_string(), PriorityClass::Normal),
+        ];
+        for (subject, want) in subjects {
+            let takers: Vec<_> = PriorityClass::ALL
+                .into_iter()
+                .filter(|c| c.filter_subjects().iter().any(|f| matches(f, &subject)))
+                .collect();
+            assert_eq!(takers, vec![want], "{subject}");
+            let of_job = tasks_of_job(job_of_task_subject(&subject).unwrap());
+            assert_eq!(
+                of_job.iter().filter(|f| matches(f, &subject)).count(),
+                1,
+                "{subject}"
+            );
+            assert!(matches(TASKS_ALL, &subject));
+        }
+        assert!(!tasks_of_job("j")
+            .iter()
+            .any(|f| matches(f, "jetcode.tasks.high.segment.jj")));
     }
 }

@@ -66,7 +66,124 @@ async fn apply_is_idempotent_and_matches_server() {
         assert_eq!(got.ack_wait, want.ack_wait);
         assert_eq!(got.max_deliver, want.max_deliver);
         assert_eq!(got.filter_subject, want.filter_subject);
+        assert_eq!(got.filter_subjects, want.filter_subjects);
     }
+}
+
+/// A topology applied by a release before priority classes (one `workers`
+/// consumer on every task subject, a task queued under the old subject
+/// shape): `apply` narrows `workers` to the normal class, adds the other
+/// classes' consumers, and the old task is still delivered by `workers`.
+#[tokio::test]
+async fn apply_upgrades_a_single_consumer_topology_and_keeps_old_tasks() {
+    use jetstream::consumer::{pull, AckPolicy, PullConsumer};
+    let server = NatsServer::start();
+    let nc = jetcode::ConnectOptions::new(server.url())
+        .connect()
+        .await
+        .unwrap();
+    let js = jetstream::new(nc);
+    streams::apply(&js).await.unwrap();
+    for name in [
+        subjects::WORKERS_HIGH_CONSUMER,
+        subjects::WORKERS_LOW_CONSUMER,
+    ] {
+        js.get_stream(subjects::TASKS_STREAM)
+            .await
+            .unwrap()
+            .delete_consumer(name)
+            .await
+            .unwrap();
+    }
+    js.update_consumer_on_stream(
+        pull::Config {
+            durable_name: Some(subjects::WORKERS_CONSUMER.into()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: streams::TASK_ACK_WAIT,
+            max_deliver: -1,
+            max_ack_pending: 10_000,
+            filter_subject: subjects::TASKS_ALL.into(),
+            ..Default::default()
+        },
+        subjects::TASKS_STREAM,
+    )
+    .await
+    .unwrap();
+    js.publish("jetcode.tasks.segment.old-job", "old".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let applied = streams::apply(&js).await.unwrap();
+    for name in [
+        subjects::WORKERS_HIGH_CONSUMER,
+        subjects::WORKERS_LOW_CONSUMER,
+    ] {
+        let want = format!("{}/{name}", subjects::TASKS_STREAM);
+        assert!(
+            applied.iter().any(|a| a.name == want && a.created),
+            "{want} not created: {applied:?}"
+        );
+    }
+    let workers: PullConsumer = js
+        .get_consumer_from_stream(subjects::WORKERS_CONSUMER, subjects::TASKS_STREAM)
+        .await
+        .unwrap();
+    let mut batch = workers
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let msg = futures::StreamExt::next(&mut batch).await.unwrap().unwrap();
+    assert_eq!(msg.subject.as_str(), "jetcode.tasks.segment.old-job");
+    assert_eq!(
+        jetcode::dispatch::queued(&js, "old-job").await.unwrap(),
+        (1, 0),
+        "an old-shape task is counted as its job's queued work"
+    );
+}
+
+/// Tasks of every class and of the old subject shape are counted as their
+/// job's, in the scaler's lag, and purged with the job, leaving others'.
+#[tokio::test]
+async fn queued_lag_and_purge_cover_every_class() {
+    use jetcode::subjects::{PriorityClass, TaskKind};
+    let server = NatsServer::start();
+    let nc = connect_applied(&server).await;
+    let js = jetstream::new(nc);
+    let mut subjects_of_a: Vec<String> = PriorityClass::ALL
+        .into_iter()
+        .flat_map(|c| {
+            [TaskKind::Segment, TaskKind::Audio, TaskKind::Stitch]
+                .into_iter()
+                .map(move |k| subjects::task(c, k, "a"))
+        })
+        .collect();
+    subjects_of_a.push("jetcode.tasks.segment.a".into());
+    subjects_of_a.push("jetcode.tasks.stitch.a".into());
+    let others = [
+        subjects::task(PriorityClass::High, TaskKind::Segment, "b"),
+        subjects::task(PriorityClass::Low, TaskKind::Stitch, "a-b"),
+        "jetcode.tasks.audio.b".to_string(),
+    ];
+    for s in subjects_of_a.iter().chain(others.iter()) {
+        js.publish(s.clone(), "t".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(jetcode::dispatch::queued(&js, "a").await.unwrap(), (7, 4));
+    assert_eq!(jetcode::dispatch::queued(&js, "b").await.unwrap(), (2, 0));
+    assert_eq!(jetcode::scaler::lag(&js).await.unwrap(), 14);
+    jetcode::dispatch::purge(&js, "a").await.unwrap();
+    assert_eq!(jetcode::dispatch::queued(&js, "a").await.unwrap(), (0, 0));
+    assert_eq!(jetcode::dispatch::queued(&js, "b").await.unwrap(), (2, 0));
+    assert_eq!(jetcode::dispatch::queued(&js, "a-b").await.unwrap(), (0, 1));
+    assert_eq!(stream_messages(&js, subjects::TASKS_STREAM).await, 3);
 }
 
 #[test]

@@ -367,7 +367,7 @@ async fn stopped_job_resumes_without_reencoding_checkpointed_parts() {
         .filter(|t| before.contains(&t.id))
         .collect();
     let js = async_nats::jetstream::new(f.client.nats().clone());
-    jetcode::dispatch::publish(&js, &copies, Some("late"))
+    jetcode::dispatch::publish(&js, spec.priority_class(), &copies, Some("late"))
         .await
         .unwrap();
     let _b = f.worker("second", &[]);
@@ -764,7 +764,7 @@ async fn checkpointed_stitch_always_finishes_the_job() {
     let (spec_r, plan) = jetcode::dispatch::planned(&rec).unwrap();
     let stitch = jetcode::dispatch::stitch_task("stitched", spec_r, plan).unwrap();
     let js = async_nats::jetstream::new(f.client.nats().clone());
-    jetcode::dispatch::publish(&js, &[stitch], Some("again"))
+    jetcode::dispatch::publish(&js, spec_r.priority_class(), &[stitch], Some("again"))
         .await
         .unwrap();
     let rec = f
@@ -1210,6 +1210,7 @@ async fn part_changed_after_its_checkpoint_is_refused_by_the_stitch() {
     let js = async_nats::jetstream::new(f.client.nats().clone());
     jetcode::dispatch::publish(
         &js,
+        spec_r.priority_class(),
         &[jetcode::dispatch::stitch_task("tampered", spec_r, plan).unwrap()],
         Some("again"),
     )
@@ -1243,7 +1244,7 @@ async fn exhausted_task_that_was_checkpointed_completes_its_job() {
         .find(|t| t.id.starts_with("seg-"))
         .unwrap();
     let js = async_nats::jetstream::new(f.client.nats().clone());
-    jetcode::dispatch::publish(&js, &[part], Some("late"))
+    jetcode::dispatch::publish(&js, spec_r.priority_class(), &[part], Some("late"))
         .await
         .unwrap();
     let workers: PullConsumer = js
@@ -1454,7 +1455,11 @@ async fn dead_letter_of_an_unknown_job_is_dropped_after_bounded_tries() {
     let js = jetstream::new(f.client.nats().clone());
     let seq = js
         .publish(
-            subjects::task(subjects::TaskKind::Segment, "ghost"),
+            subjects::task(
+                subjects::PriorityClass::Normal,
+                subjects::TaskKind::Segment,
+                "ghost",
+            ),
             "not a task".into(),
         )
         .await
@@ -1705,4 +1710,93 @@ async fn chunked_encode_cuts_hls_segments_at_forced_idrs() {
         );
     }
     assert_outputs(&out, &src, &["r240", "r120"]);
+}
+
+/// Priority classes: with the one encoding slot started after both jobs
+/// are queued, a high-priority job submitted after a low-priority one
+/// starts first and ends first, while the low one still gets a slot
+/// before the high one's work runs out (weighted, not strict) and ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn high_priority_job_overtakes_a_queued_low_one() {
+    use async_nats::jetstream::{self, consumer::PullConsumer};
+    use jetcode::subjects::{self, PriorityClass};
+    let f = Fixture::new().await;
+    let src = f.clip("in.mp4", 8.0, 160, 120);
+    // Plans only: both jobs' tasks are queued before any slot pulls.
+    let _planner = f.worker("planner", &["--slots", "0"]);
+    for (id, priority) in [("low", 1), ("high", 8)] {
+        let mut spec = f.spec(
+            id,
+            &src,
+            serde_json::json!([small("r120", 120, "ultrafast")]),
+            2.0,
+        );
+        spec.priority = Some(priority);
+        f.client.submit(&spec).await.unwrap();
+    }
+    let js = jetstream::new(f.client.nats().clone());
+    let mut totals = HashMap::new();
+    for id in ["low", "high"] {
+        wait_for(
+            Duration::from_secs(60),
+            "job planned and queued",
+            || async {
+                let Ok(rec) = f.client.status(id).await else {
+                    return false;
+                };
+                let queued = jetcode::dispatch::queued(&js, id).await.map(|q| q.0);
+                rec.tasks_total > 0 && queued.is_ok_and(|q| q == rec.tasks_total as u64)
+            },
+        )
+        .await;
+        totals.insert(id, f.client.status(id).await.unwrap().tasks_total as u64);
+    }
+    // Each job's tasks wait in its class's consumer.
+    for (class, id) in [(PriorityClass::High, "high"), (PriorityClass::Low, "low")] {
+        let mut c: PullConsumer = js
+            .get_consumer_from_stream(class.consumer(), subjects::TASKS_STREAM)
+            .await
+            .unwrap();
+        assert_eq!(c.info().await.unwrap().num_pending, totals[id], "{id}");
+    }
+
+    let _w = f.worker("w", &["--no-planner"]);
+    for id in ["high", "low"] {
+        let rec = f
+            .client
+            .wait(id, Some(Duration::from_secs(240)))
+            .await
+            .unwrap();
+        assert_eq!(rec.state, JobState::Done, "{id}");
+    }
+
+    // (time, job, task) of every start, and each job's end.
+    let mut starts = Vec::new();
+    let mut ends = HashMap::new();
+    for id in ["high", "low"] {
+        for e in f.events(id).await {
+            match e.kind {
+                EventKind::TaskStarted { task, .. } => starts.push((e.time, id, task)),
+                EventKind::Done { .. } => {
+                    ends.insert(id, e.time);
+                }
+                _ => {}
+            }
+        }
+    }
+    starts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let order: Vec<String> = starts.iter().map(|(_, j, t)| format!("{j}/{t}")).collect();
+    assert_eq!(starts[0].1, "high", "first start: {order:?}");
+    assert!(ends["high"] < ends["low"], "high ended first: {order:?}");
+    let last_high_work = starts
+        .iter()
+        .filter(|(_, j, t)| *j == "high" && t != "stitch")
+        .map(|s| s.0)
+        .fold(f64::MIN, f64::max);
+    assert!(
+        starts
+            .iter()
+            .any(|(at, j, _)| *j == "low" && *at < last_high_work),
+        "low got no slot while high was queued: {order:?}"
+    );
 }

@@ -39,6 +39,7 @@ use jetcode::job::Rendition;
 use jetcode::ledger::Ledger;
 use jetcode::plan::Segment;
 use jetcode::record::{now, JobRecord, JobState, TaskDone};
+use jetcode::subjects::PriorityClass;
 use jetcode::task::{Task, TaskBody, TASK_VERSION};
 use jetcode::{dispatch, subjects, ConnectOptions};
 use tokio_util::sync::CancellationToken;
@@ -239,11 +240,12 @@ async fn serial(
     let t0 = Instant::now();
     for (_, list) in jobs {
         // The job's first task is queued ahead; each step queues the next.
-        dispatch::publish(js, &list[..1], None).await?;
+        dispatch::publish(js, PriorityClass::Normal, &list[..1], None).await?;
         for i in 0..list.len() {
             let t = Instant::now();
             if let Some(next) = list.get(i + 1) {
-                dispatch::publish(js, std::slice::from_ref(next), None).await?;
+                dispatch::publish(js, PriorityClass::Normal, std::slice::from_ref(next), None)
+                    .await?;
             }
             let tp = Instant::now();
             let mut batch = consumer
@@ -363,7 +365,7 @@ async fn concurrent(
     let mut publish_time = Duration::ZERO;
     for (_, list) in jobs {
         let t = Instant::now();
-        dispatch::publish(js, list, None).await?;
+        dispatch::publish(js, PriorityClass::Normal, list, None).await?;
         publish_time += t.elapsed();
     }
     let deadline = Duration::from_secs(60 + total as u64 / 100);

@@ -154,10 +154,14 @@ async fn consumer_lag(js: &jetstream::Context, stream: &str, consumer: &str) -> 
     Ok(info.num_pending + info.num_ack_pending as u64)
 }
 
-/// Lag of the task queue plus job specs not yet planned: with the fleet at
-/// zero, a submitted job is only visible as a waiting spec.
+/// Lag of the task queue (every priority class's consumer) plus job specs
+/// not yet planned: with the fleet at zero, a submitted job is only
+/// visible as a waiting spec.
 pub async fn lag(js: &jetstream::Context) -> Result<u64> {
-    let tasks = consumer_lag(js, subjects::TASKS_STREAM, subjects::WORKERS_CONSUMER).await?;
+    let mut tasks = 0;
+    for class in subjects::PriorityClass::ALL {
+        tasks += consumer_lag(js, subjects::TASKS_STREAM, class.consumer()).await?;
+    }
     let specs = consumer_lag(js, subjects::JOBS_STREAM, subjects::PLANNER_CONSUMER).await?;
     Ok(tasks + specs)
 }

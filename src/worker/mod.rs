@@ -4,6 +4,7 @@
 mod dead_letter;
 mod health;
 mod planner;
+pub mod priority;
 mod reconcile;
 mod supervise;
 mod tasks;
@@ -25,7 +26,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::Ledger;
 use crate::record::Heartbeat;
 use crate::store::FileRoots;
-use crate::subjects;
+use crate::subjects::{self, PriorityClass};
 
 pub use supervise::Limits;
 
@@ -338,10 +339,20 @@ pub async fn run_until(
         crate::streams::apply(&js).await?;
     }
     let ledger = Ledger::open(js.clone()).await?;
-    let tasks_consumer: PullConsumer = js
-        .get_consumer_from_stream(subjects::WORKERS_CONSUMER, subjects::TASKS_STREAM)
-        .await
-        .map_err(|e| Error::js("open workers consumer (run `jetcode streams apply`)", e))?;
+    let mut tasks_consumers: ClassConsumers = Vec::new();
+    for class in PriorityClass::ALL {
+        let name = class.consumer();
+        let c: PullConsumer = js
+            .get_consumer_from_stream(name, subjects::TASKS_STREAM)
+            .await
+            .map_err(|e| {
+                Error::js(
+                    &format!("open {name} consumer (run `jetcode streams apply`)"),
+                    e,
+                )
+            })?;
+        tasks_consumers.push((class, c));
+    }
     let dead_letter_consumer: PullConsumer = js
         .get_consumer_from_stream(subjects::DEAD_LETTER_CONSUMER, subjects::DEAD_STREAM)
         .await
@@ -438,7 +449,7 @@ pub async fn run_until(
 
     pull_loop(
         w.clone(),
-        tasks_consumer,
+        tasks_consumers,
         Arc::new(Semaphore::new(slots as usize)),
         &work,
     )
@@ -504,76 +515,88 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How long one pull request waits on the server for messages.
 const FETCH_EXPIRES: Duration = Duration::from_secs(5);
+/// Bound on a pull request the server answers at once (a no-wait fetch,
+/// or sending the requests of a wait): covers a server that never does.
+const NO_WAIT_BOUND: Duration = Duration::from_secs(2);
 
-/// Fetch only as many tasks as there are free slots; never prefetch long work.
+/// The task consumers, one per priority class, highest class first.
+type ClassConsumers = Vec<(PriorityClass, PullConsumer)>;
+
+/// Fetch only as many tasks as there are free slots; never prefetch long
+/// work. Each free slot takes its class by [`priority::Picker`] (weighted
+/// round robin over the classes with work) through a no-wait fetch of one
+/// task, so a class found empty costs one round trip and the slot falls
+/// through to the next class at once. Only when every class was empty does
+/// the loop wait, on all of them at once ([`wait_any`]).
 async fn pull_loop(
     w: Arc<Worker>,
-    consumer: PullConsumer,
+    consumers: ClassConsumers,
     slots: Arc<Semaphore>,
     work: &TaskTracker,
 ) {
+    let mut picker = priority::Picker::default();
     let mut backoff = Duration::from_millis(250);
     loop {
         if w.shutdown.is_cancelled() {
             return;
         }
-        let free = slots.available_permits();
-        if free == 0 {
+        if slots.available_permits() == 0 {
             tokio::select! {
                 _ = w.shutdown.cancelled() => return,
                 p = slots.clone().acquire_owned() => drop(p),
             }
             continue;
         }
-        let batch = tokio::select! {
-            _ = w.shutdown.cancelled() => return,
-            b = consumer.fetch().max_messages(free).expires(FETCH_EXPIRES).messages() => b,
-        };
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!("fetch: {e}");
-                tokio::select! {
-                    _ = w.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(250);
-        let mut batch = Batch::new(batch);
         // Messages we will not run, handed back together (in parallel,
-        // each step bounded) once the batch is read.
+        // each step bounded) once the round is over.
         let mut give_back = Vec::new();
-        loop {
-            let msg = match batch.next(&w.shutdown).await {
-                Some(Ok(m)) => m,
-                None => break,
-                Some(Err(e)) => {
-                    tracing::warn!("task batch: {e}");
-                    break;
+        let mut empty: Vec<PriorityClass> = Vec::new();
+        let mut failed = Vec::new();
+        while slots.available_permits() > 0 && !w.shutdown.is_cancelled() {
+            let has_work = |c: PriorityClass| !empty.contains(&c);
+            let Some(class) = picker.choose(has_work) else {
+                break;
+            };
+            let consumer = &consumers[class_index(&consumers, class)].1;
+            match fetch_now(&w, consumer).await {
+                Pulled::Task(msg) => {
+                    picker.commit(class, has_work);
+                    start_task(&w, work, &slots, *msg, &mut give_back);
                 }
-            };
-            if w.shutdown.is_cancelled() {
-                give_back.push(msg);
-                continue;
+                Pulled::Empty => empty.push(class),
+                Pulled::Failed(e) => {
+                    failed.push(format!("{}: {e}", class.as_str()));
+                    empty.push(class);
+                }
             }
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                give_back.push(msg);
-                continue;
-            };
-            let w = w.clone();
-            work.spawn(async move {
-                w.busy.fetch_add(1, Ordering::Relaxed);
-                w.busy_changed.notify_one();
-                metrics::gauge!(crate::metrics::SLOTS_BUSY).increment(1.0);
-                tasks::handle(&w, msg).await;
-                w.busy.fetch_sub(1, Ordering::Relaxed);
-                w.busy_changed.notify_one();
-                metrics::gauge!(crate::metrics::SLOTS_BUSY).decrement(1.0);
-                drop(permit);
-            });
+        }
+        let idle = slots.available_permits() > 0 && !w.shutdown.is_cancelled();
+        if idle && !failed.is_empty() {
+            tracing::warn!("fetch: {}", failed.join("; "));
+            tokio::select! {
+                _ = w.shutdown.cancelled() => {}
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        } else if idle {
+            backoff = Duration::from_millis(250);
+            match wait_any(&w, &consumers).await {
+                Ok(got) => {
+                    for (_, msg) in got {
+                        start_task(&w, work, &slots, msg, &mut give_back);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("fetch: {e}");
+                    tokio::select! {
+                        _ = w.shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        } else {
+            backoff = Duration::from_millis(250);
         }
         if !give_back.is_empty() {
             // In the work tracker, so the drain's bounds cover it and the
@@ -586,31 +609,174 @@ async fn pull_loop(
     }
 }
 
+fn class_index(consumers: &ClassConsumers, class: PriorityClass) -> usize {
+    consumers
+        .iter()
+        .position(|(c, _)| *c == class)
+        .unwrap_or_default()
+}
+
+/// Run `msg` in a free slot, or keep it to hand back (shutting down, or
+/// no slot: a wait on every class can bring more tasks than free slots).
+fn start_task(
+    w: &Arc<Worker>,
+    work: &TaskTracker,
+    slots: &Arc<Semaphore>,
+    msg: jetstream::Message,
+    give_back: &mut Vec<jetstream::Message>,
+) {
+    if w.shutdown.is_cancelled() {
+        give_back.push(msg);
+        return;
+    }
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        give_back.push(msg);
+        return;
+    };
+    let w = w.clone();
+    work.spawn(async move {
+        w.busy.fetch_add(1, Ordering::Relaxed);
+        w.busy_changed.notify_one();
+        metrics::gauge!(crate::metrics::SLOTS_BUSY).increment(1.0);
+        tasks::handle(&w, msg).await;
+        w.busy.fetch_sub(1, Ordering::Relaxed);
+        w.busy_changed.notify_one();
+        metrics::gauge!(crate::metrics::SLOTS_BUSY).decrement(1.0);
+        drop(permit);
+    });
+}
+
+/// What a no-wait fetch of one task brought.
+enum Pulled {
+    Task(Box<jetstream::Message>),
+    /// Nothing queued for this consumer (or nothing we may take now: the
+    /// server answers "requests pending" when other workers' waiting pulls
+    /// already claim what is queued).
+    Empty,
+    /// The request failed (NATS trouble, a missing consumer).
+    Failed(String),
+}
+
+/// One task from `consumer` if it has one queued, without waiting: the
+/// server answers at once, with the task or with "no messages".
+async fn fetch_now(w: &Worker, consumer: &PullConsumer) -> Pulled {
+    let request = tokio::time::timeout(NO_WAIT_BOUND, consumer.fetch().max_messages(1).messages());
+    let batch = tokio::select! {
+        _ = w.shutdown.cancelled() => return Pulled::Empty,
+        b = request => b,
+    };
+    let batch = match batch {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return Pulled::Failed(e.to_string()),
+        Err(_) => return Pulled::Failed("pull request timed out".into()),
+    };
+    let mut batch = Batch::with_deadline(batch, NO_WAIT_BOUND);
+    match batch.next(&w.shutdown).await {
+        Some(Ok(m)) => Pulled::Task(Box::new(m)),
+        Some(Err(e)) => {
+            tracing::debug!("no-wait fetch: {e}");
+            Pulled::Empty
+        }
+        None => Pulled::Empty,
+    }
+}
+
+/// Every class was empty: ask each class's consumer for one task at once,
+/// each request held by the server up to [`FETCH_EXPIRES`] and answered
+/// as soon as a task arrives, and return with the first task (plus any
+/// other request's task already here). A worker with free slots so waits
+/// for work of any class with no polling and no class waiting on another.
+///
+/// The requests still open are then dropped: the client unsubscribes their
+/// inboxes and the server, which checks a pull request's interest before
+/// it delivers to it, forgets them. Only a task sent to such a request in
+/// the instant before that (a second class receiving work at the same
+/// moment) is lost to this worker; the server redelivers it after its ack
+/// deadline. A task more than the free slots (a 1- or 2-slot worker whose
+/// requests were answered together) is handed back.
+async fn wait_any(
+    w: &Worker,
+    consumers: &ClassConsumers,
+) -> std::result::Result<Vec<(PriorityClass, jetstream::Message)>, String> {
+    let requests = futures::future::join_all(consumers.iter().map(|(class, c)| async move {
+        let class = *class;
+        c.fetch()
+            .max_messages(1)
+            .expires(FETCH_EXPIRES)
+            .messages()
+            .await
+            .map(|b| b.map(move |r| r.map(|m| (class, m))))
+            .map_err(|e| format!("{}: {e}", class.as_str()))
+    }));
+    let requests = tokio::select! {
+        _ = w.shutdown.cancelled() => return Ok(Vec::new()),
+        r = tokio::time::timeout(NO_WAIT_BOUND, requests) => r,
+    };
+    let requests = requests.map_err(|_| "pull requests timed out".to_string())?;
+    let (open, failed): (Vec<_>, Vec<_>) = requests.into_iter().partition(|r| r.is_ok());
+    let failed: Vec<String> = failed.into_iter().filter_map(|r| r.err()).collect();
+    if open.is_empty() {
+        return Err(failed.join("; "));
+    }
+    if !failed.is_empty() {
+        tracing::warn!("fetch: {}", failed.join("; "));
+    }
+    let mut merged = Batch::new(futures::stream::select_all(open.into_iter().flatten()));
+    let mut got = Vec::new();
+    loop {
+        match merged.next(&w.shutdown).await {
+            Some(Ok(m)) => {
+                got.push(m);
+                break;
+            }
+            // One request ended with an error status; the others still wait.
+            Some(Err(e)) => tracing::debug!("task pull: {e}"),
+            None => return Ok(got),
+        }
+    }
+    while let Some(Some(r)) = futures::FutureExt::now_or_never(merged.inner.next()) {
+        if let Ok(m) = r {
+            got.push(m);
+        }
+    }
+    got.sort_by_key(|(class, _)| *class);
+    Ok(got)
+}
+
 /// A pull batch read with deadlines: it ends at the pull's expiry (plus
 /// slack) even when the server is gone and never ends it, and at most
 /// [`BATCH_TAIL_ON_SHUTDOWN`] after shutdown starts. Messages delivered
 /// before that are still read, so they can be handed back at once instead
 /// of waiting out their ack deadline.
-struct Batch {
-    inner: jetstream::consumer::pull::Batch,
+struct Batch<S = jetstream::consumer::pull::Batch> {
+    inner: S,
     end: tokio::time::Instant,
 }
 
 /// How long a batch is still read after shutdown starts.
 const BATCH_TAIL_ON_SHUTDOWN: Duration = Duration::from_millis(500);
 
-impl Batch {
-    fn new(inner: jetstream::consumer::pull::Batch) -> Self {
+impl<S, T, E> Batch<S>
+where
+    S: futures::Stream<Item = std::result::Result<T, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    /// A batch of a pull that expires after [`FETCH_EXPIRES`].
+    fn new(inner: S) -> Self {
+        Self::with_deadline(inner, FETCH_EXPIRES + Duration::from_secs(1))
+    }
+
+    fn with_deadline(inner: S, deadline: Duration) -> Self {
         Batch {
             inner,
-            end: tokio::time::Instant::now() + FETCH_EXPIRES + Duration::from_secs(1),
+            end: tokio::time::Instant::now() + deadline,
         }
     }
 
     async fn next(
         &mut self,
         shutdown: &CancellationToken,
-    ) -> Option<Result<jetstream::Message, String>> {
+    ) -> Option<std::result::Result<T, String>> {
         loop {
             if shutdown.is_cancelled() {
                 self.end = self

@@ -218,6 +218,7 @@ async fn resume_recorded(w: &Worker, id: &str, spec: &JobSpec) -> Result<bool> {
             let tag = crate::dispatch::generation_tag(rec.generation);
             crate::dispatch::publish(
                 &w.js,
+                spec.priority_class(),
                 &crate::dispatch::work_tasks(id, spec, p)?,
                 tag.as_deref(),
             )
@@ -335,9 +336,11 @@ pub(super) async fn reject(
     Ok(())
 }
 
-/// Queue every segment and audio task of a freshly planned job.
+/// Queue every segment and audio task of a freshly planned job, in its
+/// priority class.
 async fn publish_tasks(w: &Worker, id: &str, spec: &JobSpec, p: &plan::Plan) -> Result<()> {
-    crate::dispatch::publish(&w.js, &crate::dispatch::work_tasks(id, spec, p)?, None).await
+    let tasks = crate::dispatch::work_tasks(id, spec, p)?;
+    crate::dispatch::publish(&w.js, spec.priority_class(), &tasks, None).await
 }
 
 /// The live fleet for the planner's chunk pick: each worker's slots and

@@ -784,7 +784,7 @@ pub(super) async fn queue_stitch_if_complete(w: &Worker, job: &str) -> Result<()
     let (spec, plan) = dispatch::planned(&rec)?;
     let stitch = dispatch::stitch_task(job, spec, plan)?;
     let tag = dispatch::generation_tag(rec.generation);
-    dispatch::publish(&w.js, &[stitch], tag.as_deref()).await?;
+    dispatch::publish(&w.js, spec.priority_class(), &[stitch], tag.as_deref()).await?;
     tracing::info!(job, "all parts done: stitch queued");
     Ok(())
 }
