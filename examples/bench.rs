@@ -616,6 +616,30 @@ async fn main() -> Res<()> {
             prof.join("video.ts"),
         ))?,
     )?;
+    // One 10 s chunk by itself: beyond its share of the whole clip's CPU
+    // is what each extra task costs (child start, dynamic loading, fresh
+    // memory, the encoder's ramp-up and flush).
+    let facts = tokio::task::block_in_place(|| jetcode::media::probe::probe(&src720))?;
+    let tens = jetcode::plan::plan(
+        &facts,
+        &jetcode::plan::PlanOptions {
+            target_seconds: 10.0,
+            ..Default::default()
+        },
+    )?;
+    let ten = tens.segments[tens.segments.len().min(2) - 1];
+    let ten_cost = child(
+        "segment",
+        serde_json::to_string(&jetcode::task::SegmentWork::of_plan(
+            &tens,
+            ten,
+            serde_json::from_value(rung("r720", 720, "veryfast"))?,
+            src720.clone(),
+            prof.join("ten.ts"),
+        ))?,
+    )?;
+    let per_chunk =
+        ten_cost.cpu - video_cost.cpu * ten.frames() as f64 / whole.frames.max(1) as f64;
     let audio_cost = child(
         "audio",
         serde_json::to_string(&jetcode::task::AudioWork {
@@ -624,12 +648,15 @@ async fn main() -> Res<()> {
             stream: whole.audio_stream.clone(),
         })?,
     )?;
-    let (_, job_cost, _) = fleet
+    let (_, job_cost, job_rec) = fleet
         .job(
             &src720,
             serde_json::json!({"renditions": [rung("r720", 720, "veryfast")]}),
         )
         .await?;
+    let job_tasks = job_rec.plan.as_ref().map_or(0, |p| {
+        p.segments.len().div_ceil(p.chunk_segments.max(1) as usize)
+    });
     let stages = probe_cost.cpu + video_cost.cpu + audio_cost.cpu;
     md.push_str(&format!(
         "### Where the CPU of the 720p job goes
@@ -640,8 +667,11 @@ async fn main() -> Res<()> {
 | video, whole clip in one task | {:.2} |
 | audio | {:.2} |
 | sum of the stages | {stages:.2} |
-| the distributed job (one run) | {:.2} |
-| what distribution adds: per-task child start and seek, a GOP decoded before each cut, an IDR per part, stitch, workers and nats-server | {:.2} ({:+.1} %) |
+| the distributed job (one run; the planner's pick for this fleet: {job_tasks} segment task(s)) | {:.2} |
+| what distribution adds: per-task child start and seek, an IDR per part, stitch, workers and nats-server | {:.2} ({:+.1} %) |
+| one {:.0} s chunk by itself | {:.2} |
+| its share of the whole clip's video CPU | {:.2} |
+| what each extra task costs (the difference) | **{per_chunk:.2}** |
 
 ",
         probe_cost.cpu,
@@ -649,7 +679,10 @@ async fn main() -> Res<()> {
         audio_cost.cpu,
         job_cost.cpu,
         job_cost.cpu - stages,
-        (job_cost.cpu / stages - 1.0) * 100.0
+        (job_cost.cpu / stages - 1.0) * 100.0,
+        ten.duration_ns() as f64 / 1e9,
+        ten_cost.cpu,
+        ten_cost.cpu - per_chunk,
     ));
 
     // P5: chunk length vs quality at 6 s HLS segments, on the test
