@@ -57,8 +57,13 @@ sawtooth MINUTES="10" PERIOD="120":
     scripts/sawtooth.sh {{MINUTES}} {{PERIOD}}
 
 # Single pass vs distributed on the same clip, side by side, then the balancing
-# simulator and the queue path's coordination cost; writes BENCHMARKS.md.
-# `just bench --no-media` runs only the last two (cargo run --example coord: by itself).
+# simulator and the queue path's coordination cost, then real fleets: a 2,000-task
+# job (wall, tasks/s, peak RSS, record and progress sizes) and an unequal 2-worker
+# fleet against the simulator; writes BENCHMARKS.md.
+# `just bench --no-media` runs only the simulator and coordination sections
+# (cargo run --example coord: the latter by itself); `just bench --scale-only` only
+# the two real-fleet ones (--scale-tasks N: task count). Each replaces its own
+# sections in BENCHMARKS.md and leaves the rest.
 bench *ARGS:
     cargo build --release --bin jetcode --example bench
     target/release/examples/bench {{ARGS}}

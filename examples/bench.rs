@@ -16,6 +16,10 @@
 //! * The balancing simulator's table (`common/sim.rs`) and the coordination
 //!   cost of the queue path with media work excluded (`common/coord.rs`);
 //!   `--no-media` runs only these two and replaces them in `--out`.
+//! * Scale (a job of `--scale-tasks` one-segment media tasks, default
+//!   2000: wall time, tasks/s, peak RSS, record and progress sizes) and a
+//!   real unequal fleet against the simulator (`common/scale.rs`);
+//!   `--scale-only` runs only these two and replaces them in `--out`.
 //!
 //! CPU of a job is user+system time of the nats-server, the workers and
 //! every media child they ran (read from /proc: a worker's children are
@@ -29,6 +33,8 @@ use jetcode::{Client, ConnectOptions, JobSpec, JobState};
 
 #[path = "common/coord.rs"]
 mod coord;
+#[path = "common/scale.rs"]
+mod scale;
 #[path = "common/sim.rs"]
 mod sim;
 
@@ -36,13 +42,19 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Where the generated sections start in BENCHMARKS.md.
 const SECTIONS_MARK: &str = "\n## Balancing (simulator)";
+/// Where the real-fleet sections (scale, unequal fleet) start: they come
+/// last, after the balancing and coordination sections.
+const SCALE_MARK: &str = "\n## Scale: ";
 
 struct Args {
     runs: usize,
     workers: u32,
     quick: bool,
     no_media: bool,
+    scale_only: bool,
     coord_tasks: usize,
+    scale_tasks: u32,
+    scale_slots: u32,
     out: PathBuf,
 }
 
@@ -52,14 +64,18 @@ fn args() -> Res<Args> {
         workers: 2,
         quick: false,
         no_media: false,
+        scale_only: false,
         coord_tasks: 10_000,
+        scale_tasks: 2000,
+        scale_slots: 2,
         out: PathBuf::from("BENCHMARKS.md"),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
-        if k == "--quick" || k == "--no-media" {
+        if k == "--quick" || k == "--no-media" || k == "--scale-only" {
             a.quick |= k == "--quick";
             a.no_media |= k == "--no-media";
+            a.scale_only |= k == "--scale-only";
             continue;
         }
         let v = it.next().ok_or(format!("{k} needs a value"))?;
@@ -68,12 +84,18 @@ fn args() -> Res<Args> {
             "--workers" => a.workers = v.parse()?,
             "--out" => a.out = v.into(),
             "--coord-tasks" => a.coord_tasks = v.parse()?,
+            "--scale-tasks" => a.scale_tasks = v.parse()?,
+            "--scale-slots" => a.scale_slots = v.parse()?,
             _ => return Err(format!("unknown option {k}").into()),
         }
     }
     if a.quick {
         a.runs = 1;
         a.coord_tasks = 2000;
+        a.scale_tasks = a.scale_tasks.min(200);
+    }
+    if a.no_media && a.scale_only {
+        return Err("--no-media and --scale-only each run a part: pick one".into());
     }
     Ok(a)
 }
@@ -270,6 +292,79 @@ async fn sections(tasks: usize) -> Res<String> {
     }
     md.push('\n');
     md.push_str(&coord::markdown(&runs));
+    Ok(md)
+}
+
+/// `old` with the part from `start` up to `end` (or to its end) replaced by
+/// `md`: the part is appended when `old` has no `start`.
+fn replace_part(old: &str, start: &str, end: Option<&str>, md: &str) -> String {
+    let Some(i) = old.find(start) else {
+        let (head, tail) = match end.and_then(|e| old.find(e)) {
+            Some(j) => old.split_at(j),
+            None => (old, ""),
+        };
+        return format!("{}\n{md}{tail}", head.trim_end());
+    };
+    let rest = &old[i + start.len()..];
+    let tail = end.and_then(|e| rest.find(e)).map_or("", |j| &rest[j..]);
+    format!("{}\n{md}{tail}", old[..i].trim_end())
+}
+
+/// The machine, for the record: cores, CPU model, kernel.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_default();
+    format!("{cores} cores ({model}), Linux {kernel}")
+}
+
+/// The scale section and the unequal fleet against the simulator, each on
+/// a fresh nats-server and fresh workers under `root`.
+async fn real_fleet_sections(bin: &Path, root: &Path, a: &Args) -> Res<String> {
+    let nats = nats_server_bin();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run = |e: Box<dyn std::error::Error + Send + Sync>| -> Box<dyn std::error::Error> {
+        e.to_string().into()
+    };
+    let scale = scale::scale_run(bin, &nats, root, a.scale_tasks, 2, a.scale_slots)
+        .await
+        .map_err(run)?;
+    eprintln!(
+        "[bench] scale: {} tasks in {:.1} s",
+        scale.tasks, scale.wall
+    );
+    let unequal = scale::unequal_run(bin, &nats, root, a.quick)
+        .await
+        .map_err(run)?;
+    eprintln!(
+        "[bench] unequal fleet: real makespan {:.2} s, simulated {:.2} s",
+        unequal.real_makespan, unequal.sim_in_run
+    );
+    let mut md = String::from("\n");
+    md.push_str(&scale::scale_markdown(&scale, cores));
+    md.push('\n');
+    md.push_str(&scale::unequal_markdown(&unequal));
+    let flag = if a.quick { " --quick" } else { "" };
+    let how = if a.scale_only {
+        format!(
+            "`just bench --scale-only{flag}` (`target/release/examples/bench --scale-only{flag}`)"
+        )
+    } else {
+        format!("`just bench{flag}` (alone: `just bench --scale-only{flag}`)")
+    };
+    md.push_str(&format!(
+        "\nBoth sections: {how}; `--scale-tasks N` sets the task count, `--scale-slots N` the slots per worker. Run on {}, sharing it with whatever else ran.\n",
+        machine()
+    ));
     Ok(md)
 }
 
@@ -496,12 +591,23 @@ fn ffmpeg_ladder(src: &Path, heights: &[u32], preset: &str, out: &Path, extra: &
 #[tokio::main]
 async fn main() -> Res<()> {
     let a = args()?;
-    if a.no_media {
-        // Only the generated sections, replaced in `out`.
-        let md = sections(a.coord_tasks).await?;
+    if a.no_media || a.scale_only {
+        // Only one part of the generated sections, replaced in `out`; the
+        // rest of the file stays as it is.
         let old = std::fs::read_to_string(&a.out).unwrap_or_default();
-        let kept = old.find(SECTIONS_MARK).map_or(old.as_str(), |i| &old[..i]);
-        std::fs::write(&a.out, format!("{}\n{md}", kept.trim_end()))?;
+        let (md, new) = if a.no_media {
+            let md = sections(a.coord_tasks).await?;
+            let new = replace_part(&old, SECTIONS_MARK, Some(SCALE_MARK), &md);
+            (md, new)
+        } else {
+            let root = std::env::current_dir()?.join(".data/bench-scale");
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root)?;
+            let md = real_fleet_sections(&jetcode_bin()?, &root, &a).await?;
+            let new = replace_part(&old, SCALE_MARK, None, &md);
+            (md, new)
+        };
+        std::fs::write(&a.out, new)?;
         println!("{md}");
         eprintln!("[bench] wrote {}", a.out.display());
         return Ok(());
@@ -813,6 +919,7 @@ async fn main() -> Res<()> {
     }
     md.push_str("\nThe per-task cost is the extra wall time × slots spread over the extra tasks: child start, GStreamer registry load, pipeline build, seek, checkpoint and queue round trips. Chunking (the planner's default for long sources) amortises it over a chunk's segments.\n");
     md.push_str(&sections(a.coord_tasks).await?);
+    md.push_str(&real_fleet_sections(&bin, &root, &a).await?);
 
     std::fs::write(&a.out, &md)?;
     println!("{md}");

@@ -228,9 +228,38 @@ pub async fn http_loop(
         )
         .route(
             "/metrics",
-            get(move || async move { crate::http::metrics(&prometheus) }),
+            get({
+                let prometheus = prometheus.clone();
+                move || async move { crate::http::metrics(&prometheus) }
+            }),
         );
+    let upkeep = tokio::spawn(metrics_upkeep(
+        METRICS_UPKEEP_EVERY,
+        stop.clone(),
+        move || prometheus.run_upkeep(),
+    ));
     crate::http::serve(listener, router, stop).await;
+    upkeep.abort();
+}
+
+/// How often the worker folds recorded histogram samples into their
+/// summaries.
+pub(crate) const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Run `upkeep` every `every` until `stop`. The Prometheus recorder of
+/// `install_recorder` keeps every histogram sample (one per task, one per
+/// reconciler sweep) until something drains it, and nothing did but a
+/// scrape of /metrics: a worker nobody scraped grew for its whole life.
+/// `PrometheusHandle::run_upkeep` folds them into bounded summaries.
+pub(crate) async fn metrics_upkeep(every: Duration, stop: CancellationToken, upkeep: impl Fn()) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => upkeep(),
+        }
+    }
 }
 
 /// Register the `nats micro` service: PING/INFO/STATS for free, plus a
@@ -272,5 +301,59 @@ pub async fn micro_service(w: Arc<Worker>, stop: CancellationToken) {
     }
     if super::connected(&w.nats) {
         let _ = tokio::time::timeout(NATS_OP_BOUND, service.stop()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn metrics_upkeep_runs_until_stopped() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(metrics_upkeep(
+            Duration::from_millis(1),
+            stop.clone(),
+            move || {
+                let _ = tx.send(());
+            },
+        ));
+        // Upkeep keeps coming, not once.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            for _ in 0..3 {
+                rx.recv().await.expect("upkeep");
+            }
+        })
+        .await
+        .expect("three upkeeps");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("stops when told")
+            .expect("no panic");
+        // Stopped: the closure (and its sender) is gone.
+        while rx.try_recv().is_ok() {}
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[test]
+    fn metrics_upkeep_keeps_every_sample_for_the_rendering() {
+        // A real recorder: samples folded into the summary by upkeep are
+        // all counted when /metrics renders.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            for i in 0..1000 {
+                metrics::histogram!(crate::metrics::TASK_SECONDS, crate::metrics::LABEL_KIND => "segment")
+                    .record(i as f64);
+            }
+        });
+        handle.run_upkeep();
+        let text = handle.render();
+        assert!(
+            text.contains("jetcode_task_seconds_count{kind=\"segment\"} 1000"),
+            "{text}"
+        );
     }
 }
