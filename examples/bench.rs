@@ -260,6 +260,25 @@ async fn start_nats(store: &Path) -> Res<(Child, String)> {
     Ok((child, format!("nats://127.0.0.1:{port}")))
 }
 
+/// An MP4-only job `id` of `src` into `out`, with `fields` added.
+fn job_spec(
+    id: &str,
+    src: &Path,
+    out: &Path,
+    fields: serde_json::Value,
+) -> serde_json::Result<JobSpec> {
+    let mut spec = serde_json::json!({
+        "id": id,
+        "source": format!("file://{}", src.display()),
+        "output": format!("file://{}/", out.display()),
+        "formats": ["mp4"],
+    });
+    if let (Some(s), Some(f)) = (spec.as_object_mut(), fields.as_object()) {
+        s.extend(f.clone());
+    }
+    serde_json::from_value(spec)
+}
+
 /// A child killed when dropped.
 struct Stopped(Option<Child>);
 
@@ -330,21 +349,18 @@ fn machine() -> String {
 /// The scale section and the unequal fleet against the simulator, each on
 /// a fresh nats-server and fresh workers under `root`.
 async fn real_fleet_sections(bin: &Path, root: &Path, a: &Args) -> Res<String> {
-    let nats = nats_server_bin();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let run = |e: Box<dyn std::error::Error + Send + Sync>| -> Box<dyn std::error::Error> {
         e.to_string().into()
     };
-    let scale = scale::scale_run(bin, &nats, root, a.scale_tasks, 2, a.scale_slots)
+    let scale = scale::scale_run(bin, root, a.scale_tasks, 2, a.scale_slots)
         .await
         .map_err(run)?;
     eprintln!(
         "[bench] scale: {} tasks in {:.1} s",
         scale.tasks, scale.wall
     );
-    let unequal = scale::unequal_run(bin, &nats, root, a.quick)
-        .await
-        .map_err(run)?;
+    let unequal = scale::unequal_run(bin, root, a.quick).await.map_err(run)?;
     eprintln!(
         "[bench] unequal fleet: real makespan {:.2} s, simulated {:.2} s",
         unequal.real_makespan, unequal.sim_in_run
@@ -380,22 +396,14 @@ struct Fleet {
 
 impl Fleet {
     async fn start(bin: &Path, root: &Path, workers: u32, slots: u32) -> Res<Fleet> {
-        let port = free_port()?;
-        let mut procs = vec![Command::new(nats_server_bin())
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(root.join(format!("nats-{port}")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("nats-server: {e} (run `bin/dev bench`)"))?];
-        let url = format!("nats://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err("nats-server did not start".into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let store = root.join(format!("nats-{}", free_port()?));
+        let (server, url) = start_nats(&store).await?;
+        let port: u16 = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let mut procs = vec![server];
         run(
             Command::new(bin).args(["streams", "apply", "--nats-url", &url]),
             "streams apply",
@@ -444,16 +452,7 @@ impl Fleet {
         self.jobs += 1;
         let id = format!("bench-{}-{}", self.port, self.jobs);
         let out = self.root.join("jobs").join(&id);
-        let mut spec = serde_json::json!({
-            "id": id,
-            "source": format!("file://{}", src.display()),
-            "output": format!("file://{}/", out.display()),
-            "formats": ["mp4"],
-        });
-        if let (Some(s), Some(f)) = (spec.as_object_mut(), fields.as_object()) {
-            s.extend(f.clone());
-        }
-        let spec: JobSpec = serde_json::from_value(spec)?;
+        let spec = job_spec(&id, src, &out, fields)?;
         let cpu0 = self.cpu();
         let t0 = Instant::now();
         self.client.submit(&spec).await?;

@@ -32,7 +32,7 @@ use futures::StreamExt;
 use jetcode::balance::{simulate, Capacity, ChunkRules, Order, SimWorker};
 use jetcode::record::{Event, EventKind};
 use jetcode::task::{TaskBody, STITCH_TASK_ID};
-use jetcode::{subjects, Client, ConnectOptions, JobRecord, JobSpec, JobState};
+use jetcode::{subjects, Client, ConnectOptions, JobRecord, JobState};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -195,26 +195,14 @@ impl Drop for Procs {
 
 /// A nats-server on a free port with its file store under `root`, topology
 /// applied. Returns (url, server process).
-pub async fn nats(nats_bin: &Path, bin: &Path, root: &Path) -> Res<(String, Child)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Command::new(nats_bin)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(root.join(format!("nats-{port}")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("nats-server: {e} (run `bin/dev bench`)"))?;
+pub async fn nats(bin: &Path, root: &Path) -> Res<(String, Child)> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let (child, url) = super::start_nats(&root.join(format!("nats-{stamp}")))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut guard = Procs(vec![("nats".into(), child)]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("nats-server did not start".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let url = format!("nats://127.0.0.1:{port}");
     let st = Command::new(bin)
         .args(["streams", "apply", "--nats-url", &url])
         .stdout(Stdio::null())
@@ -411,19 +399,6 @@ async fn stream_size(js: &async_nats::jetstream::Context, stream: &str) -> Res<(
     Ok((info.state.messages, info.state.bytes))
 }
 
-fn spec(id: &str, src: &Path, out: &Path, fields: serde_json::Value) -> Res<JobSpec> {
-    let mut spec = serde_json::json!({
-        "id": id,
-        "source": format!("file://{}", src.display()),
-        "output": format!("file://{}/", out.display()),
-        "formats": ["mp4"],
-    });
-    if let (Some(s), Some(f)) = (spec.as_object_mut(), fields.as_object()) {
-        s.extend(f.clone());
-    }
-    Ok(serde_json::from_value(spec)?)
-}
-
 /// A test clip made in this process (no audio: the figures are about
 /// segment tasks).
 fn clip(path: &Path, seconds: f64, fps: u32, w: u32, h: u32) -> Res<()> {
@@ -481,7 +456,6 @@ pub struct ScaleFigures {
 /// slots (the planner role only on the first).
 pub async fn scale_run(
     bin: &Path,
-    nats_bin: &Path,
     root: &Path,
     tasks: u32,
     workers: u32,
@@ -491,7 +465,7 @@ pub async fn scale_run(
     let seconds = tasks as f64 * 2.0;
     let src = root.join(format!("scale-{tasks}.mp4"));
     clip(&src, seconds, fps, w, h)?;
-    let (url, server) = nats(nats_bin, bin, root).await?;
+    let (url, server) = nats(bin, root).await?;
     let mut procs = Procs(vec![("nats-server".into(), server)]);
     let mut names = Vec::new();
     for n in 0..workers {
@@ -510,7 +484,7 @@ pub async fn scale_run(
     let js = async_nats::jetstream::new(client.nats().clone());
     let id = format!("scale-{tasks}");
     let out = root.join("jobs").join(&id);
-    let spec = spec(
+    let spec = super::job_spec(
         &id,
         &src,
         &out,
@@ -870,12 +844,7 @@ fn simulate_counts(speeds: &[f64], chunks: &[f64]) -> (f64, Vec<usize>) {
 /// Two one-slot workers of unequal power: `fast` pinned to core 0, `slow`
 /// pinned to core 1 beside a busy loop on that core. A calibration job
 /// measures their speeds; then a job the planner chunks.
-pub async fn unequal_run(
-    bin: &Path,
-    nats_bin: &Path,
-    root: &Path,
-    quick: bool,
-) -> Res<UnequalFigures> {
+pub async fn unequal_run(bin: &Path, root: &Path, quick: bool) -> Res<UnequalFigures> {
     let (w, h, fps) = (640, 360, 25);
     let job_s = if quick { 60.0 } else { 240.0 };
     // Calibrated on the job's own source: a task's cost depends on the
@@ -883,7 +852,7 @@ pub async fn unequal_run(
     let src = root.join("unequal.mp4");
     let (calib_s, calib_src) = (job_s, src.clone());
     clip(&src, job_s, fps, w, h)?;
-    let (url, server) = nats(nats_bin, bin, root).await?;
+    let (url, server) = nats(bin, root).await?;
     let mut procs = Procs(vec![("nats-server".into(), server)]);
     // Two busy loops: a media child runs two threads (cores / slots), so
     // it gets about half of core 1 while it encodes.
@@ -915,7 +884,7 @@ pub async fn unequal_run(
         eprintln!("[bench] unequal fleet: calibration ({calib_s} s source, {chunk} s tasks)");
         let id = format!("unequal-calib-{n}");
         let log = EventLog::follow(client.nats(), &id).await?;
-        let s = spec(
+        let s = super::job_spec(
             &id,
             &calib_src,
             &root.join("jobs").join(&id),
@@ -968,7 +937,7 @@ pub async fn unequal_run(
     eprintln!("[bench] unequal fleet: the job ({job_s} s source, planner's chunks)");
     let id = "unequal-job";
     let log = EventLog::follow(client.nats(), id).await?;
-    let s = spec(
+    let s = super::job_spec(
         id,
         &src,
         &root.join("jobs").join(id),
