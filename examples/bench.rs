@@ -182,7 +182,7 @@ fn proc_cpu(pid: u32) -> f64 {
     f.iter().sum::<f64>() / hz
 }
 
-/// Average PSNR (dB) of `a`'s video against `b`'s, both rebased to 0.
+/// Average PSNR (dB) of `a`'s video against `b`'s, frame by frame in order.
 fn psnr(a: &Path, b: &Path) -> Res<f64> {
     let out = Command::new("ffmpeg")
         .args(["-v", "info", "-nostats", "-i"])
@@ -191,7 +191,11 @@ fn psnr(a: &Path, b: &Path) -> Res<f64> {
         .arg(b)
         .args([
             "-lavfi",
-            "[0:v]setpts=PTS-STARTPTS[a];[1:v]setpts=PTS-STARTPTS[b];[a][b]scale2ref[a2][b2];[a2][b2]psnr",
+            // Frames paired by index, not by time: a single-pass encoder
+            // may move a source's irregular timestamps onto a constant
+            // rate (the looped footage has a 50.7 ms gap at each loop),
+            // and pairing by time would then compare neighbouring frames.
+            "[0:v]settb=AVTB,setpts=N*100000[a];[1:v]settb=AVTB,setpts=N*100000[b];[a][b]scale2ref[a2][b2];[a2][b2]psnr",
             "-f",
             "null",
             "-",
