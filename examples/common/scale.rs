@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use jetcode::balance::{simulate, Capacity, ChunkRules, Order, SimWorker};
+use jetcode::balance::{simulate, Capacity, Order, SimWorker};
 use jetcode::record::{Event, EventKind};
 use jetcode::task::{TaskBody, STITCH_TASK_ID};
 use jetcode::{subjects, Client, ConnectOptions, JobRecord, JobState};
@@ -734,7 +734,7 @@ pub struct UnequalFigures {
     pub job: Vec<(String, usize, u64, f64, f64)>,
     /// Frames per second per worker the planner could see (heartbeats read
     /// just before the submit).
-    pub heartbeat_fps: Vec<(String, f64)>,
+    pub heartbeat_pace: Vec<(String, f64)>,
     /// Per worker (in `calib` order): start-up and speed from the calibration.
     pub fits: Vec<Fit>,
     /// Mean start-up of a task in frames of work.
@@ -744,7 +744,7 @@ pub struct UnequalFigures {
     pub segments: usize,
     pub tasks: usize,
     pub chunk_segments: u32,
-    /// Chunks `chunk_plan` asks for with the calibrated speeds.
+    /// Tasks the planner's rule picks with the calibrated speeds.
     pub chunk_plan_n: usize,
     pub real_makespan: f64,
     /// Submit → done, and the stitch (last checkpoint → done).
@@ -928,11 +928,13 @@ pub async fn unequal_run(bin: &Path, root: &Path, quick: bool) -> Res<UnequalFig
     };
 
     // The job: segments of 2 s, chunks as the planner picks them.
-    let heartbeat_fps = client
+    let heartbeat_pace = client
         .workers()
         .await?
         .into_iter()
-        .map(|hb| (hb.id, hb.fps))
+        // The smoothed per-slot pace the planner reads, in frames/s of
+        // this clip (the heartbeat carries output pixels per second).
+        .map(|hb| (hb.id, hb.speed / (w as f64 * h as f64)))
         .collect();
     eprintln!("[bench] unequal fleet: the job ({job_s} s source, planner's chunks)");
     let id = "unequal-job";
@@ -993,21 +995,29 @@ pub async fn unequal_run(bin: &Path, root: &Path, quick: bool) -> Res<UnequalFig
         .iter()
         .map(|&s| Capacity { slots: 1, speed: s })
         .collect();
-    let rules = ChunkRules {
-        min_seconds: 2.0,
-        max_seconds: jetcode::plan::CHUNK_TARGET_SECONDS,
-        ..Default::default()
-    };
-    let chunk_plan_n = jetcode::balance::chunk_plan(job_s, &caps, &rules)
-        .seconds
-        .len()
-        .max(jetcode::plan::MIN_CHUNKS);
+    // The planner's own rule with the calibrated speeds (seconds of
+    // source per second), for comparison with what it picked from the
+    // heartbeats.
+    let caps: Vec<Capacity> = caps
+        .into_iter()
+        .map(|c| Capacity {
+            speed: c.speed / fps as f64,
+            ..c
+        })
+        .collect();
+    let seconds: Vec<f64> = plan
+        .segments
+        .iter()
+        .map(|s| s.duration_ns() as f64 / 1e9)
+        .collect();
+    let k = jetcode::plan::chunk_segments(&seconds, None, Some(&caps)).max(1) as usize;
+    let chunk_plan_n = seconds.len().div_ceil(k);
     Ok(UnequalFigures {
         source: (job_s, w, h, fps),
         calib_seconds: calib_s,
         calib,
         job,
-        heartbeat_fps,
+        heartbeat_pace,
         fits,
         startup_frames,
         sim_frames_only,
@@ -1033,10 +1043,10 @@ pub fn unequal_markdown(f: &UnequalFigures) -> String {
         "## Real unequal fleet vs the simulator\n\nTwo real workers × 1 slot on this machine: `fast` under `taskset -c 0`, `slow` under `taskset -c 1` beside two busy loops (`taskset -c 1 sh -c 'while :; do :; done'`; a media child runs two threads, cores ÷ slots), so the slow one's encode gets about half a core and its single-threaded start-up a third; nats-server and the bench run unpinned. One 360p `veryfast` CRF 23 rendition of a {w}x{h} @ {fps} fps test clip without audio. Calibration first: the job's {:.0} s clip as 10 s tasks (a warm-up, not counted), then twice as 2 s tasks and as 10 s tasks, alternating; per worker, a line through the median busy time of each task length (its `task_started` event to its last `task_done`: child start, seek, encode, checkpoint) = start-up + frames ÷ speed. Then the job on the same {secs:.0} s clip, with `segment_seconds: 2` and no `chunk_seconds`, so the planner picks the chunks from the heartbeats it sees.\n\n",
         f.calib_seconds
     );
-    md.push_str("| worker | calibration tasks | start-up per task, s | speed, frames/s | heartbeat fps before the submit | job: tasks | job: frames/s (busy) |\n|---|---|---|---|---|---|---|\n");
+    md.push_str("| worker | calibration tasks | start-up per task, s | speed, frames/s | heartbeat pace before the submit, frames/s | job: tasks | job: frames/s (busy) |\n|---|---|---|---|---|---|---|\n");
     for ((name, ..), fit) in f.calib.iter().zip(&f.fits) {
         let hb = f
-            .heartbeat_fps
+            .heartbeat_pace
             .iter()
             .find(|h| &h.0 == name)
             .map_or(0.0, |h| h.1);
@@ -1054,7 +1064,7 @@ pub fn unequal_markdown(f: &UnequalFigures) -> String {
     let hi = speeds.iter().copied().fold(0.0, f64::max);
     let lo = speeds.iter().copied().fold(f64::INFINITY, f64::min);
     md.push_str(&format!(
-        "\nSpeed ratio fast ÷ slow: {:.2} calibrated (encode speed), {:.2} in the job (frames ÷ busy seconds). A task's start-up is {:.0} frames of work (start-up × speed, mean of the two). The planner cut {} segments into {} tasks ({} segments each); `chunk_plan` with the calibrated speeds asks for {} (never fewer than {}). The simulator (`balance::simulate`, pull in queue order) gets the job's actual task list, work = a task's frames (+ the start-up where said), and either the speed each worker showed in the job itself (frames ÷ busy seconds from its `task_done` events, start-up included) or the calibrated ones, measured a minute earlier: on a machine shared with other work a worker's CPU share drifts between the two, which the last two columns carry.\n\n",
+        "\nSpeed ratio fast ÷ slow: {:.2} calibrated (encode speed), {:.2} in the job (frames ÷ busy seconds). A task's start-up is {:.0} frames of work (start-up × speed, mean of the two). The planner cut {} segments into {} tasks ({} segments each) from the heartbeats' paces; its rule (`balance::segments_per_chunk`) with the calibrated speeds picks {} tasks. The simulator (`balance::simulate`, pull in queue order) gets the job's actual task list, work = a task's frames (+ the start-up where said), and either the speed each worker showed in the job itself (frames ÷ busy seconds from its `task_done` events, start-up included) or the calibrated ones, measured a minute earlier: on a machine shared with other work a worker's CPU share drifts between the two, which the last two columns carry.\n\n",
         hi / lo,
         {
             let v: Vec<f64> = f.job.iter().map(|r| r.2 as f64 / r.3.max(1e-9)).collect();
@@ -1065,7 +1075,6 @@ pub fn unequal_markdown(f: &UnequalFigures) -> String {
         f.tasks,
         f.chunk_segments,
         f.chunk_plan_n,
-        jetcode::plan::MIN_CHUNKS
     ));
     if f.fits.iter().any(|x| x.clamped) {
         md.push_str("The calibration did not fit this run: a worker's long tasks took more time per frame than its short ones (other work on the machine came and went), so its start-up is taken as 0 and its speed is the slope alone; the calibrated columns are not a prediction this time.\n\n");
