@@ -525,8 +525,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let ws = c.workers().await?;
             if !json {
                 println!(
-                    "{:<28} {:<16} {:<8} {:>5} {:>5} {:>6} {:>9} {:>8} {:>6}",
-                    "WORKER", "HOST", "STATE", "SLOTS", "BUSY", "CPU%", "RSS MiB", "FPS", "DONE"
+                    "{:<28} {:<16} {:<8} {:>5} {:>5} {:>6} {:>9} {:>8} {:>11} {:>6}",
+                    "WORKER",
+                    "HOST",
+                    "STATE",
+                    "SLOTS",
+                    "BUSY",
+                    "CPU%",
+                    "RSS MiB",
+                    "FPS",
+                    "MPX/S/SLOT",
+                    "DONE"
                 );
             }
             for w in ws {
@@ -541,7 +550,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         "idle"
                     };
                     println!(
-                        "{:<28} {:<16} {state:<8} {:>5} {:>5} {:>6.1} {:>9.1} {:>8.1} {:>6}",
+                        "{:<28} {:<16} {state:<8} {:>5} {:>5} {:>6.1} {:>9.1} {:>8.1} {:>11.1} {:>6}",
                         w.id,
                         w.host,
                         w.slots,
@@ -549,6 +558,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         w.cpu,
                         w.rss as f64 / 1048576.0,
                         w.fps,
+                        w.speed / 1e6,
                         w.tasks_done,
                     );
                 }
