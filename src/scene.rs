@@ -195,8 +195,8 @@ fn keyframes_off_cadence(key_at: &[bool]) -> Vec<u64> {
 mod tests {
     use super::*;
 
-    /// Frames with no reordering: presentation order is decode order.
-    /// `K` marks a keyframe.
+    /// Frames with no reordering: presentation order is decode order;
+    /// `keys` are the keyframes.
     fn plain(sizes: &[u32], keys: &[usize]) -> Vec<CodedFrame> {
         sizes
             .iter()
