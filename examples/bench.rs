@@ -830,8 +830,12 @@ async fn main() -> Res<()> {
             let mp4 = out.join("r720.mp4");
             let (b, p) = (video_bytes(&mp4)? as f64, psnr(&mp4, src)?);
             let k = rec.plan.as_ref().map_or(0, |p| p.chunk_segments);
+            let cuts = rec.plan.as_ref().map(|p| p.cuts).unwrap_or_default();
             md.push_str(&format!(
-                "| jetcode, chunk_seconds {c} ({k} segment(s) per task) | {b:.0} | {:.3} | {p:.3} | {:+.3} |\n",
+                "| jetcode, chunk_seconds {c} ({k} segment(s) per task; cuts on {} keyframe(s), {} scene change(s), {} even) | {b:.0} | {:.3} | {p:.3} | {:+.3} |\n",
+                cuts.keyframe,
+                cuts.scene_change,
+                cuts.even,
                 b / ff_bytes,
                 p - ff_psnr
             ));

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod plan;
 pub mod record;
 pub mod scaler;
+pub mod scene;
 #[cfg(feature = "media")]
 pub mod store;
 pub mod streams;

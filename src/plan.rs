@@ -1,9 +1,12 @@
 //! PURE planner: probe facts in, segment list out. No I/O, no GStreamer.
 //!
 //! Segments are half-open frame ranges `[start_frame, end_frame)` of equal
-//! size. A boundary moves to a source keyframe when one lies close enough
-//! that every segment stays within the balance bound; then a segment's
-//! decode starts at a keyframe and wastes no work decoding frames before it.
+//! size. Each boundary (where an IDR is forced) may move by half the
+//! balance bound, so every segment stays within it. Within that slack it
+//! goes to the source keyframe nearest the even cut (the segment's decode
+//! then starts exactly there and wastes no work before it); failing that,
+//! to the nearest scene change the probe found ([`crate::scene`]), where
+//! an encoder would put an I-frame anyway; failing that, it stays even.
 //!
 //! VFR sources: frame positions are computed from the nominal (average)
 //! frame rate the probe reports. Boundaries are therefore exact for CFR
@@ -32,6 +35,11 @@ pub struct SourceFacts {
     pub video_codec: String,
     /// Keyframes as frame indices, ascending.
     pub keyframes: Vec<u64>,
+    /// Likely scene changes as frame indices, ascending: candidates for
+    /// cut points ([`crate::scene::scene_changes`]). Empty from older
+    /// probes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scene_changes: Vec<u64>,
     /// Stream time of the first video frame, nanoseconds (edit lists shift it).
     #[serde(default)]
     pub first_pts_ns: u64,
@@ -243,6 +251,31 @@ pub struct Plan {
     /// before chunking: one.
     #[serde(default)]
     pub chunk_segments: u32,
+    /// Where the boundaries between segments landed (all zero in plans
+    /// made before it was counted).
+    #[serde(default)]
+    pub cuts: CutCounts,
+}
+
+/// How many segment boundaries (not counting the start and the end) the
+/// planner put on a source keyframe, on a scene change that is not a
+/// keyframe, or at the even cut.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutCounts {
+    #[serde(default)]
+    pub keyframe: u32,
+    #[serde(default)]
+    pub scene_change: u32,
+    #[serde(default)]
+    pub even: u32,
+}
+
+/// Why a boundary is where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CutKind {
+    Keyframe,
+    SceneChange,
+    Even,
 }
 
 /// A rendition as it will be encoded.
@@ -495,13 +528,19 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
     // by two moved boundaries, stays within ±balance of the ideal size.
     let slack = (ideal * opts.balance / 2.0).floor() as u64;
     let mut bounds = Vec::with_capacity(n as usize + 1);
+    let mut cuts = CutCounts::default();
     bounds.push(0u64);
     for k in 1..n {
         let even = timeline.even_cut(k, n, total);
-        let snapped = nearest_keyframe(&facts.keyframes, even, slack).unwrap_or(even);
+        let (at, kind) = cut_point(facts, even, slack);
         // A gap in a variable-rate source can put two cuts on one frame.
-        if snapped > *bounds.last().unwrap_or(&0) && snapped < total {
-            bounds.push(snapped);
+        if at > *bounds.last().unwrap_or(&0) && at < total {
+            bounds.push(at);
+            match kind {
+                CutKind::Keyframe => cuts.keyframe += 1,
+                CutKind::SceneChange => cuts.scene_change += 1,
+                CutKind::Even => cuts.even += 1,
+            }
         }
     }
     bounds.push(total);
@@ -542,7 +581,23 @@ pub fn plan(facts: &SourceFacts, opts: &PlanOptions) -> Result<Plan, PlanError> 
         audio_channels: facts.audio.as_ref().map_or(0, |a| a.channels),
         audio_stream: facts.audio.as_ref().and_then(|a| a.stream.clone()),
         chunk_segments: chunk_segments(&seconds, opts.chunk_seconds, opts.fleet.as_deref()),
+        cuts,
     })
+}
+
+/// Where the boundary nearest frame `even` goes, `slack` frames either
+/// way at most: the nearest source keyframe (an exact seek, nothing
+/// decoded before the cut), else the nearest scene change (an I-frame
+/// where the encoder wants one anyway), else `even` itself. A tie goes to
+/// the earlier frame.
+fn cut_point(facts: &SourceFacts, even: u64, slack: u64) -> (u64, CutKind) {
+    if let Some(k) = nearest(&facts.keyframes, even, slack) {
+        (k, CutKind::Keyframe)
+    } else if let Some(s) = nearest(&facts.scene_changes, even, slack) {
+        (s, CutKind::SceneChange)
+    } else {
+        (even, CutKind::Even)
+    }
 }
 
 /// When each frame is shown: the probe's real frame times, or the nominal
@@ -665,11 +720,12 @@ fn segment_count(facts: &SourceFacts, timeline: &Timeline, opts: &PlanOptions) -
     n.min(max_n).min(u32::MAX as u64)
 }
 
-fn nearest_keyframe(keyframes: &[u64], frame: u64, slack: u64) -> Option<u64> {
+/// The candidate (ascending) nearest `frame`, at most `slack` away.
+fn nearest(candidates: &[u64], frame: u64, slack: u64) -> Option<u64> {
     let lo = frame.saturating_sub(slack);
-    let hi = frame + slack;
-    let start = keyframes.partition_point(|&k| k < lo);
-    keyframes[start..]
+    let hi = frame.saturating_add(slack);
+    let start = candidates.partition_point(|&k| k < lo);
+    candidates[start..]
         .iter()
         .take_while(|&&k| k <= hi)
         .min_by_key(|&&k| k.abs_diff(frame))
@@ -857,6 +913,7 @@ mod tests {
             height: 720,
             video_codec: "video/x-h264".into(),
             keyframes,
+            scene_changes: Vec::new(),
             first_pts_ns: 0,
             pts_offset_ns: 0,
             audio: None,
@@ -955,6 +1012,99 @@ mod tests {
         for (name, f, target, want) in cases {
             let p = plan(&f, &opts(target)).unwrap();
             assert_eq!(ranges(&p), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn cut_preference_table() {
+        // 1000 frames at 25 fps cut in 4 x 10 s: even cuts at 250, 500,
+        // 750, slack 12 frames (half of the 10 % balance of 250).
+        let at = |keyframes: &[u64], scenes: &[u64]| SourceFacts {
+            scene_changes: scenes.to_vec(),
+            ..facts(1000, 25, 1, keyframes.to_vec())
+        };
+        // (what, facts, expected ranges, (keyframe, scene change, even) cuts)
+        type Case = (&'static str, SourceFacts, Vec<(u64, u64)>, (u32, u32, u32));
+        let cases: Vec<Case> = vec![
+            (
+                "no candidates: even cuts",
+                at(&[0], &[]),
+                vec![(0, 250), (250, 500), (500, 750), (750, 1000)],
+                (0, 0, 3),
+            ),
+            (
+                "keyframe on the even cut",
+                at(&(0..1000).step_by(50).collect::<Vec<_>>(), &[250]),
+                vec![(0, 250), (250, 500), (500, 750), (750, 1000)],
+                (3, 0, 0),
+            ),
+            (
+                "keyframe beats a nearer scene change",
+                at(&[0, 240], &[248]),
+                vec![(0, 240), (240, 500), (500, 750), (750, 1000)],
+                (1, 0, 2),
+            ),
+            (
+                "scene change used when no keyframe is near",
+                at(&[0], &[255, 507, 744]),
+                vec![(0, 255), (255, 507), (507, 744), (744, 1000)],
+                (0, 3, 0),
+            ),
+            (
+                "candidates outside the slack ignored",
+                at(&[0, 237, 513], &[263, 520, 736]),
+                vec![(0, 250), (250, 500), (500, 750), (750, 1000)],
+                (0, 0, 3),
+            ),
+            (
+                "a scene change at the edge of the slack",
+                at(&[0], &[238, 762]),
+                vec![(0, 238), (238, 500), (500, 762), (762, 1000)],
+                (0, 2, 1),
+            ),
+            (
+                "the nearer of two scene changes",
+                at(&[0], &[245, 253]),
+                vec![(0, 253), (253, 500), (500, 750), (750, 1000)],
+                (0, 1, 2),
+            ),
+            (
+                "a tie goes to the earlier frame",
+                at(&[0], &[247, 253]),
+                vec![(0, 247), (247, 500), (500, 750), (750, 1000)],
+                (0, 1, 2),
+            ),
+            (
+                "far keyframe, near scene change: the scene change",
+                at(&[0, 300], &[251]),
+                vec![(0, 251), (251, 500), (500, 750), (750, 1000)],
+                (0, 1, 2),
+            ),
+            (
+                "mixed",
+                at(&[0, 500], &[255, 500, 740]),
+                vec![(0, 255), (255, 500), (500, 740), (740, 1000)],
+                (1, 2, 0),
+            ),
+        ];
+        for (what, f, want, (k, sc, e)) in cases {
+            let p = plan(&f, &opts(10.0)).unwrap();
+            assert_eq!(ranges(&p), want, "{what}");
+            let want_cuts = CutCounts {
+                keyframe: k,
+                scene_change: sc,
+                even: e,
+            };
+            assert_eq!(p.cuts, want_cuts, "{what}");
+            for s in &p.segments {
+                let dev = (s.frames() as f64 - 250.0).abs() / 250.0;
+                assert!(dev <= 0.10, "{what}: {s:?} off balance");
+                assert_eq!(
+                    s.starts_on_keyframe,
+                    f.keyframes.contains(&s.start_frame),
+                    "{what}"
+                );
+            }
         }
     }
 

@@ -962,3 +962,41 @@ fn keyframe_aligned_segments_decode_only_their_own_frames() {
         );
     }
 }
+
+/// A cut the encoder coded as an ordinary P-frame (scene-cut detection
+/// off, B-frames on, one keyframe) is found from packet sizes alone, and
+/// the planner moves the nearest boundary onto it: 4.2 s of a moving test
+/// pattern, then a detailed picture, 8 s in all cut in two 4 s halves.
+#[test]
+fn probe_finds_a_cut_without_a_keyframe_and_the_plan_cuts_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("cut.mp4");
+    let ok = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=s=320x240:r=25:d=4.2")
+        .args(["-f", "lavfi", "-i", "cellauto=s=320x240:r=25:rule=110"])
+        .args(["-filter_complex"])
+        .arg("[1:v]trim=end_frame=95,setpts=PTS-STARTPTS[m];[0:v][m]concat=n=2:v=1,format=yuv420p")
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-bf", "3"])
+        .args(["-x264-params", "scenecut=0:keyint=250"])
+        .arg(&src)
+        .status()
+        .expect("ffmpeg")
+        .success();
+    assert!(ok, "ffmpeg");
+    let f = probe::probe(&src).unwrap();
+    assert_eq!(f.frames, 200);
+    assert_eq!(f.keyframes, vec![0]);
+    assert_eq!(f.scene_changes, vec![105]);
+    let p = plan(
+        &f,
+        &PlanOptions {
+            target_seconds: 4.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let cuts: Vec<u64> = p.segments.iter().map(|s| s.start_frame).collect();
+    assert_eq!(cuts, vec![0, 105]);
+    assert_eq!(p.cuts.scene_change, 1);
+}

@@ -256,7 +256,10 @@ fn facts() -> impl Strategy<Value = (SourceFacts, bool)> {
             any::<u64>(),
             0u32..10_000,
             0u32..10_000,
-            proptest::collection::vec(any::<u64>(), 0..64),
+            (
+                proptest::collection::vec(any::<u64>(), 0..64),
+                proptest::collection::vec(any::<u64>(), 0..64),
+            ),
             prop_oneof![
                 Just(0u64),
                 0u64..1_000_000_000,
@@ -293,11 +296,23 @@ fn facts() -> impl Strategy<Value = (SourceFacts, bool)> {
             (Just(a), Just(b), times)
         })
         .prop_map(|(a, b, gaps)| {
-            let (frames, (num, den), duration_ns, width, height, mut keys, first_pts, offset) = a;
+            let (
+                frames,
+                (num, den),
+                duration_ns,
+                width,
+                height,
+                (mut keys, mut scenes),
+                first_pts,
+                offset,
+            ) = a;
             let (audio, end_ns, (pn, pd), orientation, interlaced, hdr, _) = b;
             keys.iter_mut().for_each(|k| *k %= frames);
             keys.sort_unstable();
             keys.dedup();
+            scenes.iter_mut().for_each(|s| *s %= frames);
+            scenes.sort_unstable();
+            scenes.dedup();
             let first = first_pts;
             let frame_times_ns: Vec<u64> = gaps
                 .map(|g| {
@@ -321,6 +336,7 @@ fn facts() -> impl Strategy<Value = (SourceFacts, bool)> {
                     height,
                     video_codec: "video/x-h264".into(),
                     keyframes: keys,
+                    scene_changes: scenes,
                     first_pts_ns: first_pts,
                     pts_offset_ns: offset,
                     audio: audio.map(|(rate, channels, duration_ns)| AudioFacts {
@@ -392,6 +408,20 @@ proptest! {
             }
         }
         prop_assert!(p.chunk_segments >= 1 && p.chunk_segments as usize <= segs.len());
+        let cuts = p.cuts.keyframe + p.cuts.scene_change + p.cuts.even;
+        prop_assert_eq!(cuts as usize, segs.len() - 1, "every boundary counted once: {:?}", p.cuts);
+        // The balance bound, wherever the candidates are: cuts are even
+        // frame counts when the planner has no frame times (each within a
+        // frame of the ideal), and each boundary moves at most half the
+        // balance, so a segment is off by at most the balance and a frame.
+        if facts.frame_times_ns.is_empty() && opts.balance < 1.0 {
+            let ideal = facts.frames as f64 / segs.len() as f64;
+            let slack = (ideal * opts.balance / 2.0).floor();
+            for s in segs {
+                let off = (s.frames() as f64 - ideal).abs();
+                prop_assert!(off <= 2.0 * slack + 1.0, "{s:?} is {off} frames off {ideal} (slack {slack})");
+            }
+        }
     }
 
     #[test]

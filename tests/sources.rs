@@ -762,3 +762,29 @@ async fn real_footage_is_frame_exact_in_sync_and_close_to_single_pass() {
         );
     }
 }
+
+/// Scene-change candidates the probe finds in real footage, from packet
+/// sizes and keyframe flags alone, against the cuts ffmpeg's `scene`
+/// filter sees (`select='gt(scene,0.3)'`): the bike race has four cuts,
+/// all of which x264 made I-frames off any cadence, plus one at frame 76
+/// (scene score 0.27) x264 also took for a cut; the 5 s of Big Buck
+/// Bunny have none.
+#[test]
+fn real_footage_scene_changes_are_its_cuts() {
+    let dir = std::env::var_os("JETCODE_FOOTAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/footage"));
+    for (name, want) in [
+        ("bikes.mp4", vec![30u64, 76, 137, 187, 242]),
+        ("bigbuckbunny.mp4", vec![]),
+    ] {
+        let path = dir.join(name);
+        assert!(
+            path.is_file(),
+            "real footage {} missing: run `bin/dev test`, which fetches it",
+            path.display()
+        );
+        let facts = jetcode::media::probe::probe(&path).unwrap();
+        assert_eq!(facts.scene_changes, want, "{name}");
+    }
+}

@@ -37,6 +37,10 @@ pub fn probe(path: &Path) -> Result<SourceFacts, MediaError> {
 struct Scan {
     /// (raw timestamp, is keyframe, duration) per video buffer, decode order.
     video: Vec<(Option<gst::ClockTime>, bool, Option<u64>)>,
+    /// Coded size of each video buffer, bytes, decode order: a u32 each
+    /// (a 12 h 60 fps source has 2.6M), dropped once summarized into
+    /// scene-change candidates.
+    video_sizes: Vec<u32>,
     /// The latest segment of each branch. Timestamps are mapped to stream
     /// time with it at the end: some demuxers (matroskademux) start with a
     /// provisional segment and replace it without a flush, and the last
@@ -178,8 +182,10 @@ fn video_sink(scan: Arc<Mutex<Scan>>) -> Option<gst::Element> {
                     let ts = buf.pts().or(buf.dts());
                     let key = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
                     let dur = buf.duration().map(|d| d.nseconds());
+                    let size = u32::try_from(buf.size()).unwrap_or(u32::MAX);
                     let mut g = scan.lock().unwrap_or_else(|e| e.into_inner());
                     g.video.push((ts, key, dur));
+                    g.video_sizes.push(size);
                     if let Some(seg) = sample.segment() {
                         g.video_segment = Some(seg.clone());
                     }
@@ -237,7 +243,7 @@ fn clamp_to(seg: &gst::FormattedSegment<gst::ClockTime>, ts: gst::ClockTime) -> 
     seg.stop().map_or(lo, |s| lo.min(s))
 }
 
-fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo, MediaError> {
+fn summarize(path: &Path, mut scan: Scan, duration: Option<u64>) -> Result<ProbeInfo, MediaError> {
     let name = path.display();
     if scan.video.is_empty() {
         return Err(MediaError::permanent(if scan.has_video_pad {
@@ -275,12 +281,35 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
             (st, *key, *dur)
         })
         .collect();
-    // Frame index = rank in presentation order (buffers arrive in decode order).
+    // Frame index = rank in presentation order (buffers arrive in decode
+    // order); the sort is stable, so equal times keep decode order.
     let mut order: Vec<(u64, bool)> = raw
         .iter()
         .enumerate()
         .map(|(i, (t, key, _))| (t.unwrap_or(i as u64), *key))
         .collect();
+    let scene_changes = {
+        let mut by_time: Vec<u32> = (0..order.len() as u32).collect();
+        by_time.sort_by_key(|&i| order[i as usize].0);
+        let mut rank = vec![0u32; order.len()];
+        for (r, &i) in by_time.iter().enumerate() {
+            rank[i as usize] = r as u32;
+        }
+        drop(by_time);
+        let sizes = std::mem::take(&mut scan.video_sizes);
+        let coded: Vec<crate::scene::CodedFrame> = order
+            .iter()
+            .zip(&rank)
+            .enumerate()
+            .map(|(i, ((_, key), &rank))| crate::scene::CodedFrame {
+                rank,
+                size: sizes.get(i).copied().unwrap_or(0),
+                key: *key,
+            })
+            .collect();
+        drop((rank, sizes));
+        crate::scene::scene_changes(&coded, crate::scene::sizes_are_meaningful(&codec))
+    };
     order.sort_by_key(|(t, _)| *t);
     let first_pts_ns = raw.iter().filter_map(|v| v.0).min().unwrap_or(0);
     let first_raw_ns = scan
@@ -358,6 +387,7 @@ fn summarize(path: &Path, scan: Scan, duration: Option<u64>) -> Result<ProbeInfo
             height,
             video_codec: codec,
             keyframes,
+            scene_changes,
             first_pts_ns,
             pts_offset_ns,
             audio,

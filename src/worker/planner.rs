@@ -195,7 +195,16 @@ async fn plan_one(w: &Worker, msg: &jetstream::Message) -> Result<()> {
         .await?;
     metrics::counter!(crate::metrics::JOBS_PLANNED, crate::metrics::LABEL_OUTCOME => "planned")
         .increment(1);
-    tracing::info!(job = %id, segments = p.segments.len(), tasks = tasks_total, "planned");
+    tracing::info!(
+        job = %id,
+        segments = p.segments.len(),
+        tasks = tasks_total,
+        scene_candidates = facts.scene_changes.len(),
+        cuts_on_keyframe = p.cuts.keyframe,
+        cuts_on_scene_change = p.cuts.scene_change,
+        cuts_even = p.cuts.even,
+        "planned"
+    );
     Ok(())
 }
 
