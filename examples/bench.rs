@@ -585,6 +585,7 @@ fn ffmpeg_ladder(src: &Path, heights: &[u32], preset: &str, out: &Path, extra: &
             c.args(["-map", "0:a?", "-c:a", "aac", "-b:a", "128k"]);
         }
         c.args(["-c:v", "libx264", "-preset", preset, "-crf", "23"]);
+        c.args(["-fps_mode", "passthrough"]);
         c.args(extra);
         c.arg(out.with_file_name(format!("ffmpeg-{i}.mp4")));
     }
@@ -697,7 +698,7 @@ async fn main() -> Res<()> {
         ));
     }
     md.push_str(
-        "\nffmpeg: `ffmpeg -i src.mp4 [-filter_complex '[0:v]split=4[s0]..;[s0]scale=-2:1080[v0];..'] -map .. -c:v libx264 -preset veryfast -crf 23 -c:a aac -b:a 128k out-N.mp4`, one process, one decode. jetcode: a job with `formats: [\"mp4\"]`, default segments (10 s) and chunks; every segment task encodes all renditions from one decode. Frames/s per worker: source frames ÷ wall ÷ workers (a ladder encodes each frame once per rung).\n\n"
+        "\nffmpeg: `ffmpeg -i src.mp4 [-filter_complex '[0:v]split=4[s0]..;[s0]scale=-2:1080[v0];..'] -map .. -c:v libx264 -preset veryfast -crf 23 -fps_mode passthrough -c:a aac -b:a 128k out-N.mp4`, one process, one decode, every source frame at its own time (as jetcode keeps them). jetcode: a job with `formats: [\"mp4\"]`, default segments (10 s) and chunks; every segment task encodes all renditions from one decode. Frames/s per worker: source frames ÷ wall ÷ workers (a ladder encodes each frame once per rung).\n\n"
     );
 
     // Where the CPU of the one-rendition job goes: each stage as one child
@@ -813,6 +814,10 @@ async fn main() -> Res<()> {
                 .arg(src)
                 .args(["-c:v", "libx264", "-preset", "veryfast", "-crf", "23"])
                 .args(["-force_key_frames", "expr:gte(t,n_forced*6)", "-an"])
+                // The source's frames at their own times, as jetcode keeps
+                // them: the looped footage's irregular gaps would otherwise
+                // make ffmpeg duplicate frames to hold a constant rate.
+                .args(["-fps_mode", "passthrough"])
                 .arg(&ff6),
             "ffmpeg with IDRs every 6 s",
         )?;

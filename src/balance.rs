@@ -487,6 +487,12 @@ pub fn segments_per_chunk(c: &ChunkChoice) -> usize {
             speed: 1.0,
         });
     }
+    // Only the first `n` slots can ever take a chunk (every slot starts
+    // free, ties go to the lowest index): a heartbeat claiming millions of
+    // slots must not make the simulation allocate for them.
+    for f in fleet.iter_mut() {
+        f.slots = f.slots.min(n.min(u32::MAX as usize) as u32);
+    }
     let slots: u64 = fleet.iter().map(|f| f.slots as u64).sum();
     // Many chunks per slot: the tail is noise next to the job, and the
     // fewest tasks win. Also keeps the simulation below cheap.
@@ -519,6 +525,7 @@ pub fn segments_per_chunk(c: &ChunkChoice) -> usize {
                     };
                     std::iter::repeat_n(f.speed * factor, f.slots as usize)
                 })
+                .take(n)
                 .collect()
         })
         .collect();
@@ -704,6 +711,9 @@ mod tests {
             ("no fleet known: one slot", &tens, vec![], 30.0, 3),
             ("the chunk cap wins", &sixes, uniform(1, 1.0), 12.0, 2),
             ("one segment", &[10.0], uniform(4, 1.0), 30.0, 1),
+            // A heartbeat claiming billions of slots: only as many as
+            // there are segments are simulated.
+            ("absurd slot count", &tens, uniform(u32::MAX, 1.0), 30.0, 1),
             ("none", &[], uniform(4, 1.0), 30.0, 1),
             (
                 "segments longer than the cap",

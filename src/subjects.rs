@@ -99,9 +99,10 @@ impl PriorityClass {
 
     /// The task subjects this class's consumer delivers:
     /// `jetcode.tasks.<class>.>`; the normal class also takes the subjects
-    /// of the shape before classes (`jetcode.tasks.<kind>.<job>`), so tasks
-    /// queued before an upgrade still run. The filters of the three
-    /// consumers never overlap (a work-queue stream requires that).
+    /// without a class (`jetcode.tasks.<kind>.<job>`), which is where its
+    /// tasks are published ([`task`]) and where tasks queued before the
+    /// upgrade are. The filters of the three consumers never overlap (a
+    /// work-queue stream requires that).
     pub fn filter_subjects(self) -> Vec<String> {
         let mut v = vec![format!("jetcode.tasks.{}.>", self.as_str())];
         if self == PriorityClass::Normal {
@@ -113,9 +114,17 @@ impl PriorityClass {
     }
 }
 
-/// `jetcode.tasks.<class>.<kind>.<job>`
+/// `jetcode.tasks.<kind>.<job>` for the normal class (every job without a
+/// priority), `jetcode.tasks.<class>.<kind>.<job>` for high and low. The
+/// normal class keeps the subject of the shape before classes so that a
+/// worker of an earlier version, mid rolling upgrade, still counts and
+/// requeues those tasks correctly (its reconciler would otherwise see no
+/// queued task for a running job and requeue them all, again and again).
 pub fn task(class: PriorityClass, kind: TaskKind, job: &str) -> String {
-    format!("jetcode.tasks.{}.{}.{job}", class.as_str(), kind.as_str())
+    match class {
+        PriorityClass::Normal => format!("jetcode.tasks.{}.{job}", kind.as_str()),
+        _ => format!("jetcode.tasks.{}.{}.{job}", class.as_str(), kind.as_str()),
+    }
 }
 
 /// The job of a task subject, `jetcode.tasks.<class>.<kind>.<job>` or the
@@ -282,6 +291,19 @@ mod tests {
             }
         }
         f.len() == s.len()
+    }
+
+    #[test]
+    fn normal_tasks_keep_the_subject_without_a_class() {
+        // What workers of earlier versions count and requeue by.
+        assert_eq!(
+            task(PriorityClass::Normal, TaskKind::Segment, "j"),
+            "jetcode.tasks.segment.j"
+        );
+        assert_eq!(
+            task(PriorityClass::High, TaskKind::Segment, "j"),
+            "jetcode.tasks.high.segment.j"
+        );
     }
 
     #[test]

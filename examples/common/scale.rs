@@ -821,24 +821,57 @@ fn fit<'a>(tasks: impl Iterator<Item = &'a RunTask>) -> Fit {
 
 /// `simulate` with per-task counts: which slot took each chunk.
 fn simulate_counts(speeds: &[f64], chunks: &[f64]) -> (f64, Vec<usize>) {
-    // Greedy pull as `balance::simulate` does it (a free slot, in worker
-    // order, takes the head of the queue), counting who took what.
-    let mut free_at = vec![0.0f64; speeds.len()];
-    let mut counts = vec![0usize; speeds.len()];
-    for &c in chunks {
-        let (i, _) = free_at
+    // Greedy pull as `balance::simulate` does it (the earliest free slot,
+    // in worker order on a tie, takes the head of the queue), counting who
+    // took what. Exact ties between a fast and a slow worker (both free at
+    // 6.0 s) are broken by noise in a real fleet, not by worker order: the
+    // makespan is the mean over the speeds as given and 15 variations of
+    // them within ±2 %, the split the most common one.
+    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut unit = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut spans = Vec::new();
+    let mut splits: Vec<(Vec<usize>, usize)> = Vec::new();
+    for run in 0..16 {
+        let v: Vec<f64> = speeds
             .iter()
-            .enumerate()
-            .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(&b.0)))
-            .unwrap_or((0, &0.0));
-        free_at[i] += c / speeds[i];
-        counts[i] += 1;
+            .map(|&s| {
+                if run == 0 {
+                    s
+                } else {
+                    s * (1.0 + 0.02 * (2.0 * unit() - 1.0))
+                }
+            })
+            .collect();
+        let mut free_at = vec![0.0f64; v.len()];
+        let mut counts = vec![0usize; v.len()];
+        for &c in chunks {
+            let (i, _) = free_at
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(&b.0)))
+                .unwrap_or((0, &0.0));
+            free_at[i] += c / v[i];
+            counts[i] += 1;
+        }
+        // The product's simulator for the makespan (the same greedy pull).
+        let workers: Vec<SimWorker> = v.iter().map(|&s| SimWorker::steady(s, 1)).collect();
+        spans.push(simulate(&workers, chunks, Order::AsGiven, 30.0).makespan);
+        match splits.iter_mut().find(|(c, _)| *c == counts) {
+            Some(e) => e.1 += 1,
+            None => splits.push((counts, 1)),
+        }
     }
-    let workers: Vec<SimWorker> = speeds.iter().map(|&s| SimWorker::steady(s, 1)).collect();
-    (
-        simulate(&workers, chunks, Order::AsGiven, 30.0).makespan,
-        counts,
-    )
+    let split = splits
+        .into_iter()
+        .max_by_key(|e| e.1)
+        .map(|e| e.0)
+        .unwrap_or_default();
+    (spans.iter().sum::<f64>() / spans.len() as f64, split)
 }
 
 /// Two one-slot workers of unequal power: `fast` pinned to core 0, `slow`
@@ -1064,7 +1097,7 @@ pub fn unequal_markdown(f: &UnequalFigures) -> String {
     let hi = speeds.iter().copied().fold(0.0, f64::max);
     let lo = speeds.iter().copied().fold(f64::INFINITY, f64::min);
     md.push_str(&format!(
-        "\nSpeed ratio fast ÷ slow: {:.2} calibrated (encode speed), {:.2} in the job (frames ÷ busy seconds). A task's start-up is {:.0} frames of work (start-up × speed, mean of the two). The planner cut {} segments into {} tasks ({} segments each) from the heartbeats' paces; its rule (`balance::segments_per_chunk`) with the calibrated speeds picks {} tasks. The simulator (`balance::simulate`, pull in queue order) gets the job's actual task list, work = a task's frames (+ the start-up where said), and either the speed each worker showed in the job itself (frames ÷ busy seconds from its `task_done` events, start-up included) or the calibrated ones, measured a minute earlier: on a machine shared with other work a worker's CPU share drifts between the two, which the last two columns carry.\n\n",
+        "\nSpeed ratio fast ÷ slow: {:.2} calibrated (encode speed), {:.2} in the job (frames ÷ busy seconds). A task's start-up is {:.0} frames of work (start-up × speed, mean of the two). The planner cut {} segments into {} tasks ({} segments each) from the heartbeats' paces; its rule (`balance::segments_per_chunk`) with the calibrated speeds picks {} tasks. The simulator (pull in queue order, as `balance::simulate`; the mean makespan over the speeds as given and 15 variations within ±2 %, because an exact tie between the two workers' finish times, which equal chunks on a 2.5 : 1 fleet produce, is broken by noise in a real fleet, not by worker order) gets the job's actual task list, work = a task's frames (+ the start-up where said), and either the speed each worker showed in the job itself (frames ÷ busy seconds from its `task_done` events, start-up included) or the calibrated ones, measured a minute earlier: on a machine shared with other work a worker's CPU share drifts between the two, which the last two columns carry.\n\n",
         hi / lo,
         {
             let v: Vec<f64> = f.job.iter().map(|r| r.2 as f64 / r.3.max(1e-9)).collect();

@@ -673,10 +673,10 @@ async fn fetch_now(w: &Worker, consumer: &PullConsumer) -> Pulled {
     let mut batch = Batch::with_deadline(batch, NO_WAIT_BOUND);
     match batch.next(&w.shutdown).await {
         Some(Ok(m)) => Pulled::Task(Box::new(m)),
-        Some(Err(e)) => {
-            tracing::debug!("no-wait fetch: {e}");
-            Pulled::Empty
-        }
+        // async-nats ends the batch on "no messages" and "request timeout";
+        // an error here is a real one (no responders, consumer deleted,
+        // too many waiting pulls): the loop backs off.
+        Some(Err(e)) => Pulled::Failed(e.to_string()),
         None => Pulled::Empty,
     }
 }
@@ -723,6 +723,7 @@ async fn wait_any(
     }
     let mut merged = Batch::new(futures::stream::select_all(open.into_iter().flatten()));
     let mut got = Vec::new();
+    let mut errors = Vec::new();
     loop {
         match merged.next(&w.shutdown).await {
             Some(Ok(m)) => {
@@ -730,7 +731,15 @@ async fn wait_any(
                 break;
             }
             // One request ended with an error status; the others still wait.
-            Some(Err(e)) => tracing::debug!("task pull: {e}"),
+            Some(Err(e)) => {
+                tracing::debug!("task pull: {e}");
+                errors.push(e.to_string());
+            }
+            // Every request ended with an error and nothing came: the loop
+            // backs off instead of asking again at once.
+            None if !errors.is_empty() && errors.len() + failed.len() >= consumers.len() => {
+                return Err(errors.join("; "))
+            }
             None => return Ok(got),
         }
     }

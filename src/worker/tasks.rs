@@ -410,6 +410,8 @@ async fn run_task(
     // The child writes each output atomically (temp file, fsync, link) to
     // its deterministic key; the first complete copy stays there. `parts`:
     // what to checkpoint afterwards, with the file each checkpoint covers.
+    // Output pixels this run encodes (segment tasks), for the worker's pace.
+    let mut pixels = 0.0;
     let (kind, work, seconds, parts): (&str, String, f64, PartFiles) = match &task.body {
         TaskBody::Segment {
             fps_num,
@@ -451,6 +453,11 @@ async fn run_task(
             let secs = segments.iter().map(|s| s.duration_ns()).sum::<u64>() as f64
                 * outputs.len() as f64
                 / 1e9;
+            let frames: u64 = segments.iter().map(|s| s.frames()).sum();
+            pixels = outputs
+                .iter()
+                .map(|o| o.rendition.area() as f64 * frames as f64)
+                .sum();
             let work = SegmentWork {
                 input: input.clone().unwrap_or_default(),
                 outputs,
@@ -563,8 +570,10 @@ async fn run_task(
             count_source_reads(kind, &task.id, &summary);
             let decoded = summary.get("decoded").and_then(|d| d.as_u64());
             if encodes {
-                let area: u64 = task.renditions().iter().map(|r| r.area()).sum();
-                w.record_speed(decoded.unwrap_or(frames) as f64 * area as f64, seconds);
+                // The renditions this run encoded (a redelivery only those
+                // with a part missing), their frames: not the frames
+                // decoded before the first cut.
+                w.record_speed(pixels, seconds);
             }
             (frames, seconds, decoded)
         }
