@@ -1,4 +1,4 @@
-//! Task messages on `jetcode.tasks.<class>.<kind>.<job>` and the work orders a
+//! Task messages on `jetcode.tasks.[<class>.]<kind>.<job>` and the work orders a
 //! worker hands to its media child process.
 
 use std::path::PathBuf;
