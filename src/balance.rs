@@ -506,13 +506,7 @@ pub fn segments_per_chunk(c: &ChunkChoice) -> usize {
     // the pick is deterministic). Averaging over them keeps the pick from
     // trusting a lucky alignment of chunk ends that a real fleet, whose
     // speeds wander, would not reproduce.
-    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut unit = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut unit = unit_sequence(0x9e37_79b9_7f4a_7c15);
     let scenarios: Vec<Vec<f64>> = (0..16)
         .map(|s| {
             fleet
@@ -543,6 +537,18 @@ pub fn segments_per_chunk(c: &ChunkChoice) -> usize {
         .rev()
         .find(|e| e.1 <= best * 1.01)
         .map_or(k_max, |e| e.0)
+}
+
+/// A fixed pseudo-random sequence in `[0, 1)` from `seed` (xorshift64):
+/// the speed variations a deterministic estimate averages over.
+pub fn unit_sequence(seed: u64) -> impl FnMut() -> f64 {
+    let mut rng = seed.max(1);
+    move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 /// Makespan of pull dispatch of `chunks` (seconds of source, in queue
@@ -735,6 +741,19 @@ mod tests {
             speed: f64::NAN,
         }];
         assert_eq!(pick(&tens, &bad, 30.0), 3);
+    }
+
+    #[test]
+    fn balance_unit_sequence() {
+        let (mut a, mut b) = (unit_sequence(7), unit_sequence(7));
+        let xs: Vec<f64> = (0..1000).map(|_| a()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        assert!(xs.iter().zip((0..1000).map(|_| b())).all(|(x, y)| *x == y));
+        let mean = xs.iter().sum::<f64>() / 1000.0;
+        assert!((0.4..0.6).contains(&mean), "{mean}");
+        // A zero seed would stay zero in xorshift: it does not.
+        let mut z = unit_sequence(0);
+        assert!((0..10).map(|_| z()).any(|x| x > 0.0));
     }
 
     #[test]

@@ -827,13 +827,7 @@ fn simulate_counts(speeds: &[f64], chunks: &[f64]) -> (f64, Vec<usize>) {
     // 6.0 s) are broken by noise in a real fleet, not by worker order: the
     // makespan is the mean over the speeds as given and 15 variations of
     // them within ±2 %, the split the most common one.
-    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut unit = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut unit = jetcode::balance::unit_sequence(0x2545_f491_4f6c_dd1d);
     let mut spans = Vec::new();
     let mut splits: Vec<(Vec<usize>, usize)> = Vec::new();
     for run in 0..16 {
