@@ -111,6 +111,19 @@ fn psnr(a: &Path, b: &Path) -> f64 {
         .unwrap_or_else(|| panic!("bad PSNR line {line}"))
 }
 
+/// The plan of `src` (probed) cut into segments of about `target_seconds`.
+fn plan_of(src: &Path, target_seconds: f64) -> Plan {
+    let facts = probe::probe(src).expect("probe");
+    plan(
+        &facts,
+        &PlanOptions {
+            target_seconds,
+            ..Default::default()
+        },
+    )
+    .expect("plan")
+}
+
 /// Probe, plan, encode every segment and the audio, stitch: the whole job
 /// as the workers would run it, in one process.
 fn run_job(
@@ -119,15 +132,7 @@ fn run_job(
     target_seconds: f64,
     renditions: &[Rendition],
 ) -> (Plan, Manifest) {
-    let facts = probe::probe(src).expect("probe");
-    let p = plan(
-        &facts,
-        &PlanOptions {
-            target_seconds,
-            ..Default::default()
-        },
-    )
-    .expect("plan");
+    let p = plan_of(src, target_seconds);
     for r in renditions {
         for s in &p.segments {
             let work = SegmentWork::of_plan(
@@ -711,15 +716,7 @@ fn h265_segment_keeps_timeline() {
             ..Default::default()
         },
     );
-    let facts = probe::probe(&src).unwrap();
-    let p = plan(
-        &facts,
-        &PlanOptions {
-            target_seconds: 2.0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let p = plan_of(&src, 2.0);
     let mut r = rendition("hevc", 240, 28);
     r.codec = jetcode::Codec::H265;
     r.preset = "ultrafast".into();
@@ -752,15 +749,7 @@ fn chunk_is_cut_into_parts_at_forced_idrs_for_h265_and_h264() {
             ..Default::default()
         },
     );
-    let facts = probe::probe(&src).unwrap();
-    let p = plan(
-        &facts,
-        &PlanOptions {
-            target_seconds: 2.0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let p = plan_of(&src, 2.0);
     assert_eq!(p.segments.len(), 3);
     let mut hevc = rendition("hevc", 240, 28);
     hevc.codec = jetcode::Codec::H265;
@@ -808,15 +797,7 @@ fn segment_child_reads_only_its_range_through_the_block_cache() {
         blocks >= 20,
         "clip too small to measure reads: {size} bytes"
     );
-    let facts = probe::probe(&src).unwrap();
-    let p = plan(
-        &facts,
-        &PlanOptions {
-            target_seconds: 4.0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let p = plan_of(&src, 4.0);
     assert_eq!(p.segments.len(), 8);
     let s = p.segments[4];
     let work = SegmentWork::of_plan(
@@ -932,15 +913,7 @@ fn keyframe_aligned_segments_decode_only_their_own_frames() {
         ..Default::default()
     };
     let src = clip(dir.path(), "src.mp4", &o);
-    let facts = probe::probe(&src).unwrap();
-    let p = plan(
-        &facts,
-        &PlanOptions {
-            target_seconds: 2.0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let p = plan_of(&src, 2.0);
     let r = rendition("r120", 120, 30);
     assert!(p.segments.iter().all(|s| s.starts_on_keyframe));
     for s in &p.segments {
