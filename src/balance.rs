@@ -237,7 +237,7 @@ pub enum Order {
 }
 
 /// Outcome of a simulated job.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SimResult {
     /// When the last chunk finished (infinite if the fleet died first).
     pub makespan: f64,
@@ -247,6 +247,8 @@ pub struct SimResult {
     pub ratio: f64,
     /// Chunks redelivered after their worker left.
     pub redelivered: u32,
+    /// Chunks each worker started (a redelivered chunk counts again).
+    pub started: Vec<u32>,
 }
 
 /// Deterministic event simulation of pull dispatch: whenever a slot is
@@ -278,6 +280,7 @@ pub fn simulate(workers: &[SimWorker], chunks: &[f64], order: Order, ack_wait: f
     let mut redeliver: Vec<(f64, usize)> = Vec::new();
     let mut left = vec![false; workers.len()];
     let (mut t, mut done, mut makespan, mut redelivered) = (0.0f64, 0usize, 0.0f64, 0u32);
+    let mut started = vec![0u32; workers.len()];
     while done < chunks.len() {
         // Completions up to now (a chunk ending at its worker's leave counts).
         for s in slots.iter_mut() {
@@ -312,7 +315,10 @@ pub fn simulate(workers: &[SimWorker], chunks: &[f64], order: Order, ack_wait: f
         for s in slots.iter_mut() {
             if s.1.is_none() && active(s.0, t) {
                 match queue.pop_front() {
-                    Some(c) => s.1 = Some((c, t + chunks[c] / workers[s.0].speed)),
+                    Some(c) => {
+                        started[s.0] += 1;
+                        s.1 = Some((c, t + chunks[c] / workers[s.0].speed));
+                    }
                     None => break,
                 }
             }
@@ -340,6 +346,7 @@ pub fn simulate(workers: &[SimWorker], chunks: &[f64], order: Order, ack_wait: f
         ideal,
         ratio: if ideal > 0.0 { makespan / ideal } else { 1.0 },
         redelivered,
+        started,
     }
 }
 
@@ -925,6 +932,7 @@ mod tests {
             ACK_WAIT,
         );
         assert_eq!(r.makespan, 8.0);
+        assert_eq!(r.started, vec![2, 1]);
         // A leave: the chunk comes back after the ack deadline, work lost.
         let w = [
             SimWorker::steady(1.0, 1),
@@ -936,6 +944,7 @@ mod tests {
         let r = simulate(&w, &[5.0, 5.0], Order::AsGiven, 10.0);
         assert_eq!(r.redelivered, 1);
         assert_eq!(r.makespan, 18.0); // back at 13, 5 more
+        assert_eq!(r.started, vec![2, 1]); // the redelivered chunk counts again
         assert_eq!(r.ideal, 3.0 + 4.0); // 6 done by 3, 4 more at speed 1
                                         // A join: it pulls what is still queued.
         let w = [

@@ -819,42 +819,30 @@ fn fit<'a>(tasks: impl Iterator<Item = &'a RunTask>) -> Fit {
     }
 }
 
-/// `simulate` with per-task counts: which slot took each chunk.
+/// `simulate`d makespan and split (chunks each worker started).
 fn simulate_counts(speeds: &[f64], chunks: &[f64]) -> (f64, Vec<usize>) {
-    // Greedy pull as `balance::simulate` does it (the earliest free slot,
-    // in worker order on a tie, takes the head of the queue), counting who
-    // took what. Exact ties between a fast and a slow worker (both free at
-    // 6.0 s) are broken by noise in a real fleet, not by worker order: the
-    // makespan is the mean over the speeds as given and 15 variations of
-    // them within ±2 %, the split the most common one.
+    // Exact ties between a fast and a slow worker (both free at 6.0 s) are
+    // broken by noise in a real fleet, not by worker order: the makespan
+    // is the mean over the speeds as given and 15 variations of them
+    // within ±2 %, the split the most common one.
     let mut unit = jetcode::balance::unit_sequence(0x2545_f491_4f6c_dd1d);
     let mut spans = Vec::new();
     let mut splits: Vec<(Vec<usize>, usize)> = Vec::new();
     for run in 0..16 {
-        let v: Vec<f64> = speeds
+        let workers: Vec<SimWorker> = speeds
             .iter()
             .map(|&s| {
-                if run == 0 {
+                let v = if run == 0 {
                     s
                 } else {
                     s * (1.0 + 0.02 * (2.0 * unit() - 1.0))
-                }
+                };
+                SimWorker::steady(v, 1)
             })
             .collect();
-        let mut free_at = vec![0.0f64; v.len()];
-        let mut counts = vec![0usize; v.len()];
-        for &c in chunks {
-            let (i, _) = free_at
-                .iter()
-                .enumerate()
-                .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(&b.0)))
-                .unwrap_or((0, &0.0));
-            free_at[i] += c / v[i];
-            counts[i] += 1;
-        }
-        // The product's simulator for the makespan (the same greedy pull).
-        let workers: Vec<SimWorker> = v.iter().map(|&s| SimWorker::steady(s, 1)).collect();
-        spans.push(simulate(&workers, chunks, Order::AsGiven, 30.0).makespan);
+        let r = simulate(&workers, chunks, Order::AsGiven, 30.0);
+        spans.push(r.makespan);
+        let counts: Vec<usize> = r.started.iter().map(|&n| n as usize).collect();
         match splits.iter_mut().find(|(c, _)| *c == counts) {
             Some(e) => e.1 += 1,
             None => splits.push((counts, 1)),
