@@ -69,16 +69,6 @@ impl Picker {
         }
         self.current[index(class)] -= total;
     }
-
-    /// Choose among `has_work` and commit the choice.
-    pub fn next(
-        &mut self,
-        has_work: impl Fn(PriorityClass) -> bool + Copy,
-    ) -> Option<PriorityClass> {
-        let c = self.choose(has_work)?;
-        self.commit(c, has_work);
-        Some(c)
-    }
 }
 
 #[cfg(test)]
@@ -96,10 +86,21 @@ mod tests {
             .collect()
     }
 
+    /// Choose among `has_work` and commit the choice, as the pull loop
+    /// does when the chosen class has a task.
+    fn next(
+        p: &mut Picker,
+        has_work: impl Fn(PriorityClass) -> bool + Copy,
+    ) -> Option<PriorityClass> {
+        let c = p.choose(has_work)?;
+        p.commit(c, has_work);
+        Some(c)
+    }
+
     /// `n` starts with the classes in `backlog` always having work.
     fn run(p: &mut Picker, backlog: &[PriorityClass], n: usize) -> Vec<PriorityClass> {
         (0..n)
-            .map(|_| p.next(|c| backlog.contains(&c)).unwrap())
+            .map(|_| next(p, |c| backlog.contains(&c)).unwrap())
             .collect()
     }
 
@@ -124,7 +125,7 @@ mod tests {
     fn nothing_to_choose_when_no_class_has_work() {
         let mut p = Picker::default();
         assert_eq!(p.choose(|_| false), None);
-        assert_eq!(p.next(|_| false), None);
+        assert_eq!(next(&mut p, |_| false), None);
         assert_eq!(p, Picker::default());
     }
 
