@@ -283,19 +283,20 @@ fn summarize(path: &Path, mut scan: Scan, duration: Option<u64>) -> Result<Probe
         .collect();
     // Frame index = rank in presentation order (buffers arrive in decode
     // order); the sort is stable, so equal times keep decode order.
-    let mut order: Vec<(u64, bool)> = raw
+    let order: Vec<(u64, bool)> = raw
         .iter()
         .enumerate()
         .map(|(i, (t, key, _))| (t.unwrap_or(i as u64), *key))
         .collect();
+    // Decode positions in presentation order: the frame ranks for the
+    // scene detector, then the order itself.
+    let mut by_time: Vec<u32> = (0..order.len() as u32).collect();
+    by_time.sort_by_key(|&i| order[i as usize].0);
     let scene_changes = {
-        let mut by_time: Vec<u32> = (0..order.len() as u32).collect();
-        by_time.sort_by_key(|&i| order[i as usize].0);
         let mut rank = vec![0u32; order.len()];
         for (r, &i) in by_time.iter().enumerate() {
             rank[i as usize] = r as u32;
         }
-        drop(by_time);
         let sizes = std::mem::take(&mut scan.video_sizes);
         let coded: Vec<crate::scene::CodedFrame> = order
             .iter()
@@ -310,7 +311,8 @@ fn summarize(path: &Path, mut scan: Scan, duration: Option<u64>) -> Result<Probe
         drop((rank, sizes));
         crate::scene::scene_changes(&coded, crate::scene::sizes_are_meaningful(&codec))
     };
-    order.sort_by_key(|(t, _)| *t);
+    let order: Vec<(u64, bool)> = by_time.iter().map(|&i| order[i as usize]).collect();
+    drop(by_time);
     let first_pts_ns = raw.iter().filter_map(|v| v.0).min().unwrap_or(0);
     let first_raw_ns = scan
         .video
